@@ -1,0 +1,111 @@
+"""Reading and writing stage outputs safely.
+
+Every file is written under a temporary name in its own folder and renamed into place when it is
+complete, so a killed stage never leaves a finished-looking half file. Arrays load with
+`allow_pickle=False` and models in Keras safe mode: files from elsewhere cannot run code here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.runtime import UserError
+
+RERUN_HINT = "delete it and run `dvc repro` again"
+
+
+def _temporary_name(path: Path) -> Path:
+    # Keep the real suffix last: Keras refuses to save a model to a name not ending in .keras.
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_name(path)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """Write one .npy file atomically."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        np.save(file, np.ascontiguousarray(array), allow_pickle=False)
+
+
+@contextlib.contextmanager
+def array_writer(path: Path, shape: tuple[int, ...], dtype: str | np.dtype) -> Iterator[np.memmap]:
+    """Yield a writable memory-mapped .npy of `shape`; it appears at `path` only once complete.
+
+    Callers fill it batch by batch, so neither the inputs nor the outputs need to fit in memory.
+    """
+    with atomic_path(path) as temporary:
+        array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.dtype(dtype), shape=shape)
+        try:
+            yield array
+            array.flush()
+        finally:
+            del array
+
+
+def load_array(path: Path, mmap: bool = True) -> np.ndarray:
+    """Load a .npy written by an earlier stage (memory-mapped by default), refusing pickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run `dvc repro` to create it")
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as error:
+        raise UserError(f"{path} is corrupt or truncated ({error}); {RERUN_HINT}") from None
+    except OSError as error:
+        raise UserError(f"{path} cannot be read ({error}); {RERUN_HINT}") from None
+    return array
+
+
+def save_json(path: Path, data: Any) -> None:
+    """Write JSON atomically, indented, keys in a stable order."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_json(path: Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: run `dvc repro` to create it") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON ({error}); {RERUN_HINT}") from None
+
+
+def save_model(model: Any, path: Path) -> None:
+    """Save a Keras model atomically as .keras."""
+    with atomic_path(path) as temporary:
+        model.save(temporary)
+
+
+def load_model(path: Path) -> Any:
+    """Load a .keras model in safe mode (no deserialised Python code); one-line error if unusable."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run `dvc repro` to create it")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path} is not a usable Keras model ({first_line}); {RERUN_HINT}") from None
