@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	dvc exp run $(DEMO_PARAMS)
-	dvc metrics show
+	dvc metrics show metrics/evaluate.json
 
 test: install
 	$(BIN)/python -m pytest

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -44,12 +45,24 @@ def check_free_space(folder: Path, needed_bytes: int) -> None:
         )
 
 
+def compile_forward(bottom: keras.Model, top: keras.Model) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """One traced graph returning (boundary activations, conv-base output) for any batch size."""
+    spec = tf.TensorSpec((None, *bottom.input.shape[1:]), tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def forward(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        at_boundary = bottom(images, training=False)
+        return at_boundary, top(at_boundary, training=False)
+
+    return forward
+
+
 def extract_features(
     bottom: keras.Model, top: keras.Model, images: np.ndarray, batch_size: int,
     boundary_path: Path, head_path: Path, label: str,
 ) -> float:
     """Stream `images` through bottom then top; write both outputs; return images per second."""
-    forward = tf.function(lambda x: _both(bottom, top, x), reduce_retracing=True)
+    forward = compile_forward(bottom, top)
     n = len(images)
     boundary_shape = (n, *bottom.output.shape[1:])
     head_shape = (n, *top.output.shape[1:])
@@ -64,11 +77,6 @@ def extract_features(
             head_out[start : start + len(batch)] = at_output.numpy()
             progress.update(len(batch))
     return n / max(time.perf_counter() - started, 1e-9)
-
-
-def _both(bottom: keras.Model, top: keras.Model, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    at_boundary = bottom(x, training=False)
-    return at_boundary, top(at_boundary, training=False)
 
 
 def main() -> None:
