@@ -10,6 +10,8 @@ export PATH := $(BIN):$(PATH)
 # to preserve, so fine-tuning starts earlier (block4) at a higher lr; chosen by measurement (README).
 DEMO_PARAMS := -S data.dataset=digits -S backbone.weights=none \
                -S finetune.unfreeze_from=block4_conv1 -S lr=1e-4
+# More overrides for one call, e.g. make demo DEMO_EXTRA="-S train.epochs=3"
+DEMO_EXTRA ?=
 
 .PHONY: install demo test clean
 install: $(VENV)/.installed
@@ -21,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	dvc exp run $(DEMO_PARAMS)
+	dvc exp run $(DEMO_PARAMS) $(DEMO_EXTRA)
 	dvc metrics show metrics/evaluate.json
 
 test: install

@@ -178,12 +178,12 @@ def load_tfds(name: str, image_size: int | None) -> RawDataset:
     if not hasattr(label_feature, "names"):
         raise UserError(f"data.dataset: {name}'s label '{keys[1]}' is not a class label")
     ensure_tfds_prepared(builder, data_dir / "downloads" / "manual")
-    splits = builder.info.splits
-    if "train" not in splits:
-        raise UserError(f"data.dataset: {name} has no 'train' split (it has {', '.join(splits)})")
-    train_images, train_labels = read_tfds_split(builder, "train", image_size)
+    try:
+        train_images, train_labels = read_tfds_split(builder, "train", image_size)
+    except ValueError as error:  # tfds: unknown split
+        raise UserError(f"data.dataset: {name} has no 'train' split ({str(error).splitlines()[0]})") from None
     dataset = RawDataset(train_images, train_labels, list(label_feature.names))
-    if "test" in splits:
+    if "test" in builder.info.splits:
         dataset.test_images, dataset.test_labels = read_tfds_split(builder, "test", image_size)
     return dataset
 

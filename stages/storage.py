@@ -20,6 +20,7 @@ import numpy as np
 from stages.runtime import UserError
 
 RERUN_HINT = "delete it and run `dvc repro` again"
+FIXED_SAVE_DATE = "1980-01-01@00:00:00"  # Keras's own date format
 
 
 def _temporary_name(path: Path) -> Path:
@@ -92,9 +93,27 @@ def load_json(path: Path) -> Any:
 
 
 def save_model(model: Any, path: Path) -> None:
-    """Save a Keras model atomically as .keras."""
+    """Save a Keras model atomically as a byte-reproducible .keras file."""
     with atomic_path(path) as temporary:
         model.save(temporary)
+        _drop_timestamps(temporary)
+
+
+def _drop_timestamps(archive: Path) -> None:
+    """Rewrite a .keras zip with fixed entry times and save date, so equal models give equal bytes.
+
+    Keras stamps the current time into the zip entries and metadata.json; without this, every rerun
+    would change the file's hash and DVC would see a new model each time.
+    """
+    with zipfile.ZipFile(archive) as source:
+        entries = [(info.filename, source.read(info.filename)) for info in source.infolist()]
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as target:
+        for name, data in sorted(entries):
+            if name == "metadata.json":
+                metadata = json.loads(data)
+                metadata["date_saved"] = FIXED_SAVE_DATE
+                data = json.dumps(metadata, sort_keys=True).encode()
+            target.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
 
 
 def load_model(path: Path) -> Any:

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages import download
+from stages.download import RawDataset, limit_training, load_digits, load_folder, load_tfds, write_raw
+from stages.runtime import UserError, run_stage
+from stages.storage import load_array, load_json
+
+
+def make_folder(root, sizes=((20, 16),), per_class=3):
+    """cat/ and dog/ with PNG and JPEG images (one grey), a corrupt file and a stray text file."""
+    rng = np.random.default_rng(0)
+    for class_name in ("cat", "dog"):
+        folder = root / class_name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            width, height = sizes[i % len(sizes)]
+            pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+            image = Image.fromarray(pixels)
+            if i == 0:
+                image.convert("L").save(folder / f"{i}.png")
+            elif i == 1:
+                image.save(folder / f"{i}.jpg", quality=95)
+            else:
+                image.convert("RGBA").save(folder / f"{i}.png")
+    (root / "cat" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (root / "dog" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_digits_are_the_bundled_8x8_images_scaled_to_uint8():
+    data = load_digits()
+    assert data.train_images.shape == (1797, 8, 8, 1) and data.train_images.dtype == np.uint8
+    assert data.train_images.max() == 255 and data.train_images.min() == 0
+    assert data.class_names == [str(d) for d in range(10)]
+    assert set(np.unique(data.train_labels)) == set(range(10))
+    assert data.test_images is None
+
+
+def test_folder_source_reads_png_jpeg_grey_and_rgba_and_skips_unreadable(tmp_path, capsys):
+    data = load_folder(make_folder(tmp_path / "images"), image_size=None)
+    assert data.class_names == ["cat", "dog"]
+    assert data.train_images.shape == (6, 16, 20, 3) and data.train_images.dtype == np.uint8
+    assert list(data.train_labels) == [0, 0, 0, 1, 1, 1]
+    assert "skipped 1 unreadable image file(s)" in capsys.readouterr().err
+
+
+def test_folder_images_of_mixed_sizes_need_data_image_size(tmp_path):
+    folder = make_folder(tmp_path / "images", sizes=((20, 16), (40, 30)))
+    with pytest.raises(UserError, match="data.image_size: images in .* differ in size"):
+        load_folder(folder, image_size=None)
+    assert load_folder(folder, image_size=32).train_images.shape == (6, 32, 32, 3)
+
+
+def test_folder_with_one_class_is_refused(tmp_path):
+    folder = make_folder(tmp_path / "images")
+    for path in (folder / "dog").iterdir():
+        path.unlink()
+    with pytest.raises(UserError, match="1 class folder"):
+        load_folder(folder, image_size=None)
+
+
+def test_limit_keeps_a_seeded_stratified_sample():
+    labels = np.repeat(np.arange(4), 50)
+    data = RawDataset(np.arange(200, dtype=np.uint8).reshape(200, 1, 1, 1), labels, ["a", "b", "c", "d"])
+    first = limit_training(RawDataset(data.train_images, labels, data.class_names), 40, seed=1)
+    again = limit_training(RawDataset(data.train_images, labels, data.class_names), 40, seed=1)
+    other = limit_training(RawDataset(data.train_images, labels, data.class_names), 40, seed=2)
+    assert len(first.train_labels) == 40
+    assert np.bincount(first.train_labels).tolist() == [10, 10, 10, 10]
+    assert np.array_equal(first.train_images, again.train_images)
+    assert not np.array_equal(first.train_images, other.train_images)
+
+
+def test_tfds_source_through_mock_data_with_a_manually_placed_archive(tmp_path, monkeypatch, no_network):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    manual = tmp_path / "downloads" / "manual"
+    manual.mkdir(parents=True)
+    (manual / "cifar-10-binary.tar.gz").write_bytes(b"")  # tfds verifies the checksum when it prepares
+    with tfds.testing.mock_data(num_examples=12):
+        data = load_tfds("cifar10", image_size=None)
+    assert data.train_images.shape == (12, 32, 32, 3) and data.train_images.dtype == np.uint8
+    # mock_data does not know a dataset's splits in advance, so only `train` is read here.
+    assert data.test_images is None
+    assert len(data.class_names) == 10  # the mock carries no label names, only their number
+    assert data.train_labels.dtype == np.int64 and data.train_labels.max() < 10
+
+
+def test_default_cifar10_offline_stops_at_once_with_instructions(in_tmp_project, monkeypatch, no_network, capsys):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(in_tmp_project / "tfds"))
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as stop:
+        run_stage(download.main)
+    elapsed = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "could not reach www.cs.toronto.edu to download cifar10" in err
+    assert f"Put cifar-10-binary.tar.gz in {in_tmp_project / 'tfds'}/downloads/manual/" in err
+    assert "make demo" in err
+    assert elapsed < 30  # tfds on its own retries for minutes
+    assert not (in_tmp_project / "data").exists()
+
+
+def test_unknown_tfds_name_is_one_line(in_tmp_project):
+    with pytest.raises(UserError, match="not a tensorflow-datasets name"):
+        load_tfds("no_such_dataset_xyz", image_size=None)
+
+
+def test_write_raw_round_trip(tmp_path):
+    data = RawDataset(np.zeros((4, 8, 8, 1), np.uint8), np.array([0, 1, 0, 1]), ["a", "b"],
+                      np.ones((2, 8, 8, 1), np.uint8), np.array([1, 0]))
+    write_raw(data, tmp_path)
+    assert load_json(tmp_path / "classes.json") == ["a", "b"]
+    assert np.array_equal(load_array(tmp_path / "test_labels.npy"), [1, 0])
+    assert load_array(tmp_path / "train_images.npy").shape == (4, 8, 8, 1)

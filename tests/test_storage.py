@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from stages.runtime import UserError
+from stages.storage import array_writer, load_array, load_json, load_model, save_array, save_json, save_model
+
+
+def test_array_round_trip_is_exact(tmp_path):
+    array = np.random.default_rng(0).normal(size=(5, 4, 3)).astype(np.float32)
+    save_array(tmp_path / "a.npy", array)
+    loaded = load_array(tmp_path / "a.npy")
+    assert loaded.dtype == np.float32 and np.array_equal(loaded, array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]  # no temporary left behind
+
+
+def test_streamed_array_equals_the_in_memory_array(tmp_path):
+    array = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    with array_writer(tmp_path / "s.npy", array.shape, np.float32) as out:
+        for start in range(0, 7, 3):
+            out[start : start + 3] = array[start : start + 3]
+    assert np.array_equal(np.load(tmp_path / "s.npy", allow_pickle=False), array)
+
+
+def test_interrupted_stream_leaves_no_final_file_and_no_temporary(tmp_path):
+    with pytest.raises(RuntimeError):
+        with array_writer(tmp_path / "s.npy", (10, 2), np.float32) as out:
+            out[:5] = 1.0
+            raise RuntimeError("killed half way")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pickled_arrays_are_refused(tmp_path):
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(UserError, match="objects.npy is corrupt or truncated"):
+        load_array(tmp_path / "objects.npy", mmap=False)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_truncated_arrays_are_detected(tmp_path, mmap):
+    save_array(tmp_path / "t.npy", np.ones((100, 10), dtype=np.float32))
+    data = (tmp_path / "t.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"t\.npy .*(corrupt or truncated|cannot be read)"):
+        load_array(tmp_path / "t.npy", mmap=mmap)
+
+
+def test_missing_inputs_say_how_to_create_them(tmp_path):
+    with pytest.raises(UserError, match="missing: run `dvc repro`"):
+        load_array(tmp_path / "nothing.npy")
+    with pytest.raises(UserError, match="missing: run `dvc repro`"):
+        load_json(tmp_path / "nothing.json")
+
+
+def test_json_round_trip(tmp_path):
+    save_json(tmp_path / "m.json", {"b": 1, "a": [1.5, "x"]})
+    assert load_json(tmp_path / "m.json") == {"a": [1.5, "x"], "b": 1}
+
+
+def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    save_model(model, tmp_path / "a.keras")
+    time.sleep(1.1)  # Keras stamps the save time with a one-second resolution
+    save_model(model, tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    reloaded = load_model(tmp_path / "b.keras")
+    assert [w.shape for w in reloaded.get_weights()] == [(4, 3), (3,)]
