@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,8 +103,9 @@ def save_model(model: Any, path: Path) -> None:
 def _drop_timestamps(archive: Path) -> None:
     """Rewrite a .keras zip with fixed entry times and save date, so equal models give equal bytes.
 
-    Keras stamps the current time into the zip entries and metadata.json; without this, every rerun
-    would change the file's hash and DVC would see a new model each time.
+    Keras stamps the current time into the zip entries and metadata.json, and Python object ids
+    into config.json; without this, every rerun would change the file's hash and DVC would see a
+    new model each time.
     """
     with zipfile.ZipFile(archive) as source:
         entries = [(info.filename, source.read(info.filename)) for info in source.infolist()]
@@ -113,7 +115,19 @@ def _drop_timestamps(archive: Path) -> None:
                 metadata = json.loads(data)
                 metadata["date_saved"] = FIXED_SAVE_DATE
                 data = json.dumps(metadata, sort_keys=True).encode()
+            elif name == "config.json":
+                data = _renumber_shared_objects(data.decode()).encode()
             target.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+
+
+def _renumber_shared_objects(config: str) -> str:
+    """Replace Keras's shared_object_id values (Python id()s, new in every process) by 1, 2, 3..."""
+    numbers: dict[str, int] = {}
+
+    def renumber(match: re.Match) -> str:
+        return f'"shared_object_id": {numbers.setdefault(match.group(1), len(numbers) + 1)}'
+
+    return re.sub(r'"shared_object_id": (\d+)', renumber, config)
 
 
 def load_model(path: Path) -> Any:

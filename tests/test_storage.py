@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from stages.runtime import UserError
-from stages.storage import array_writer, load_array, load_json, load_model, save_array, save_json, save_model
+from stages.storage import array_writer, load_array, load_json, load_model, save_array, save_json
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_array_round_trip_is_exact(tmp_path):
@@ -60,13 +65,21 @@ def test_json_round_trip(tmp_path):
     assert load_json(tmp_path / "m.json") == {"a": [1.5, "x"], "b": 1}
 
 
-def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
-    import keras
+SAVE_A_MODEL = """
+import sys, keras
+from stages.runtime import seed_everything
+from stages.storage import save_model
+seed_everything(0)
+save_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(3)]), sys.argv[1])
+"""
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    save_model(model, tmp_path / "a.keras")
-    time.sleep(1.1)  # Keras stamps the save time with a one-second resolution
-    save_model(model, tmp_path / "b.keras")
+
+def test_saving_the_same_model_in_two_processes_gives_the_same_bytes(tmp_path):
+    # Keras writes the save time and Python object ids into .keras files; DVC would see a new model.
+    for name in ("a.keras", "b.keras"):
+        subprocess.run([sys.executable, "-c", SAVE_A_MODEL, str(tmp_path / name)], cwd=REPO, check=True,
+                       capture_output=True)
+        time.sleep(1.1)  # Keras stamps the save time with a one-second resolution
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     reloaded = load_model(tmp_path / "b.keras")
-    assert [w.shape for w in reloaded.get_weights()] == [(4, 3), (3,)]
+    assert [w.shape for w in reloaded.get_weights()] == [(4, 8), (8,), (8, 3), (3,)]
