@@ -11,10 +11,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 from sklearn.model_selection import train_test_split
 
-from stages.backbone import preprocess
+from stages.backbone import to_backbone_input
 from stages.params import PrepareParams, load_params
 from stages.runtime import UserError, run_stage
 from stages.storage import array_writer, load_array, load_json, save_array, save_json
@@ -56,15 +55,6 @@ def split_indices(
     return {"train": train, "val": val, "test": test}
 
 
-def to_backbone_input(images: np.ndarray, image_size: int, backbone: str) -> np.ndarray:
-    """uint8 images (N, H, W, 1|3) -> float32 (N, size, size, 3) normalised for the backbone."""
-    batch = tf.image.resize(tf.cast(images, tf.float32), (image_size, image_size), method="bilinear", antialias=True)
-    batch = batch.numpy()
-    if batch.shape[-1] == 1:
-        batch = np.repeat(batch, 3, axis=-1)
-    return preprocess(np.clip(batch, 0.0, 255.0), backbone)
-
-
 def write_split(
     images: np.ndarray, labels: np.ndarray, indices: np.ndarray, n_classes: int,
     image_size: int, backbone: str, out_dir: Path, split: str,
@@ -75,6 +65,7 @@ def write_split(
             chunk = indices[start : start + BATCH]
             x[start : start + len(chunk)] = to_backbone_input(images[chunk], image_size, backbone)
     save_array(out_dir / f"{split}_y.npy", keras.utils.to_categorical(labels[indices], n_classes).astype(np.float32))
+    save_array(out_dir / f"{split}_index.npy", indices)  # rows of the raw source array, for tracing back
 
 
 def main() -> None:

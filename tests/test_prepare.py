@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from stages.params import PrepareParams
-from stages.prepare import split_indices, to_backbone_input, write_split
+from stages.backbone import to_backbone_input
+from stages.prepare import split_indices, write_split
 from stages.runtime import UserError
 from stages.storage import load_array
 
