@@ -24,6 +24,8 @@ from stages.storage import save_array, save_json
 
 RAW_DIR = Path("data/raw")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# What PIL raises for a file that is not a decodable image (missing, truncated, wrong format, huge).
+UNREADABLE_IMAGE = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -71,7 +73,7 @@ def load_folder(folder: Path, image_size: int | None) -> RawDataset:
         for path in files:
             try:
                 decoded.append(read_image(path, image_size))
-            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            except UNREADABLE_IMAGE:
                 skipped.append(str(path))
         if not decoded:
             continue

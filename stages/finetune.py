@@ -2,8 +2,10 @@
 
 The frozen layers give the same activations every epoch, so training runs on the activations
 cached at the freeze boundary by `features` (data/features/boundary/): each epoch computes only the
-unfrozen block and the head. The result is saved as the full image-to-class model,
-models/model.keras; per-epoch curves go to metrics/finetune/ with DVCLive.
+unfrozen block and the head. With `finetune.augment` the inputs change every epoch, so the cache
+cannot serve and every epoch runs the full model on augmented images. The result is saved as the
+full image-to-class model, models/model.keras, with models/model.json (backbone, input size, class
+names) for `tlpipe predict`; per-epoch curves go to metrics/finetune/ with DVCLive.
 """
 
 from __future__ import annotations
@@ -15,28 +17,47 @@ import keras
 from stages.backbone import boundary_layer, split_at
 from stages.params import load_params
 from stages.runtime import run_stage, seed_everything
-from stages.storage import load_array, load_model, save_model
+from stages.storage import load_array, load_json, load_model, save_json, save_model
 from stages.training import fit_logged
 
 FEATURES_DIR = Path("data/features")
 PREPARED_DIR = Path("data/prepared")
 HEAD_FILE = Path("models/head.keras")
 MODEL_FILE = Path("models/model.keras")
+MODEL_INFO_FILE = Path("models/model.json")
 LIVE_DIR = Path("metrics/finetune")
 
 
 def build_finetune_models(backbone: keras.Model, head: keras.Model, boundary: str) -> tuple[keras.Model, keras.Model]:
     """(trainable part on boundary activations, full model on images); the two share their layers.
 
-    Layers up to and including `boundary` are frozen; everything after it, and the head, trains.
+    Layers up to and including `boundary` are frozen; everything after it, and the head, trains,
+    except BatchNormalization layers: they stay frozen, in inference mode, so that small
+    fine-tuning batches do not overwrite the statistics the backbone learned.
     """
     bottom, top = split_at(backbone, boundary)
     for layer in bottom.layers:
         layer.trainable = False
+    for layer in top.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
     activations = keras.Input(shape=top.input.shape[1:], name="boundary_activations")
     trainable = keras.Model(activations, head(top(activations)), name="finetune_top")
     full = keras.Model(backbone.input, head(backbone.output), name="finetuned")
     return trainable, full
+
+
+def build_augmentation(seed: int) -> keras.Sequential:
+    """Seed 003's augmentation with Keras preprocessing layers: flips, small shifts, rotations, zoom."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomTranslation(0.1, 0.1, seed=seed + 1),
+            keras.layers.RandomRotation(0.05, seed=seed + 2),
+            keras.layers.RandomZoom(0.1, seed=seed + 3),
+        ],
+        name="augmentation",
+    )
 
 
 def main() -> None:
@@ -46,21 +67,35 @@ def main() -> None:
     head = load_model(HEAD_FILE)
     boundary = boundary_layer(backbone, params.finetune.unfreeze_from)
     trainable, full = build_finetune_models(backbone, head, boundary)
+    labels = {split: load_array(PREPARED_DIR / f"{split}_y.npy", mmap=False) for split in ("train", "val")}
 
-    x_train = load_array(FEATURES_DIR / "boundary" / "train.npy", mmap=False)
-    y_train = load_array(PREPARED_DIR / "train_y.npy", mmap=False)
-    val = (load_array(FEATURES_DIR / "boundary" / "val.npy", mmap=False), load_array(PREPARED_DIR / "val_y.npy", mmap=False))
-    trainable.compile(
+    if params.finetune.augment:
+        images = full.input.shape[1:]
+        model = keras.Sequential([keras.Input(shape=images), build_augmentation(params.seed), full], name="augmented")
+        inputs = {split: load_array(PREPARED_DIR / f"{split}_x.npy", mmap=False) for split in labels}
+        print("finetune: augment is on, so every epoch runs the full model (the boundary cache cannot serve)")
+    else:
+        model = trainable
+        inputs = {split: load_array(FEATURES_DIR / "boundary" / f"{split}.npy", mmap=False) for split in labels}
+
+    model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate=params.lr),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
     )
-    print(f"finetune: training {sum(l.trainable for l in trainable.layers[1].layers)} backbone layers "
-          f"from {params.finetune.unfreeze_from} and the head at lr={params.lr:g}")
-    fit_logged(trainable, (x_train, y_train), val, params.finetune.epochs, params.finetune.batch_size,
-               params.finetune.patience, LIVE_DIR)
+    trained = sum(layer.trainable for layer in trainable.layers[1].layers)
+    print(f"finetune: training {trained} backbone layers from {params.finetune.unfreeze_from} "
+          f"and the head at lr={params.lr:g}")
+    fit_logged(model, (inputs["train"], labels["train"]), (inputs["val"], labels["val"]), params.finetune.epochs,
+               params.finetune.batch_size, params.finetune.patience, LIVE_DIR, "Fine-tuning")
+
     full.compile(loss="categorical_crossentropy", metrics=["accuracy"])
     save_model(full, MODEL_FILE)
+    save_json(MODEL_INFO_FILE, {
+        "backbone": params.backbone.name,
+        "image_size": int(full.input.shape[1]),
+        "classes": load_json(PREPARED_DIR / "classes.json"),
+    })
 
 
 if __name__ == "__main__":

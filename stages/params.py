@@ -19,8 +19,17 @@ from stages.runtime import UserError
 
 PARAMS_FILE = Path("params.yaml")
 
-BACKBONE_NAMES = ("vgg16",)
-MIN_IMAGE_SIZE = 32  # the five pooling stages of VGG16 need at least 32x32 inputs
+# The backbones of keras.applications we support, each with its default first trainable layer
+# (`finetune.unfreeze_from: auto`): the start of its last block.
+DEFAULT_UNFREEZE_FROM = {
+    "vgg16": "block5_conv1",
+    "resnet50": "conv5_block1_1_conv",
+    "efficientnetb0": "block7a_expand_conv",
+    "densenet121": "conv5_block1_0_bn",
+    "mobilenetv2": "block_16_expand",
+}
+BACKBONE_NAMES = tuple(DEFAULT_UNFREEZE_FROM)
+MIN_IMAGE_SIZE = 32  # keras.applications backbones need at least 32x32 inputs
 
 
 class ParamsError(UserError):
@@ -80,8 +89,9 @@ class TrainParams:
 class FinetuneParams:
     epochs: int
     batch_size: int
-    unfreeze_from: str
+    unfreeze_from: str  # a layer name; `auto` in params.yaml is resolved to the backbone's default
     patience: int
+    augment: bool  # random flips/shifts/rotations/zoom; every epoch then runs the full model
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ def parse_params(raw: Any) -> Params:
     backbone = _section(top["backbone"], "backbone", ("name", "weights"))
     features = _section(top["features"], "features", ("batch_size",))
     train = _section(top["train"], "train", ("epochs", "batch_size", "lr", "units", "dropout", "patience"))
-    finetune = _section(top["finetune"], "finetune", ("epochs", "batch_size", "unfreeze_from", "patience"))
+    finetune = _section(top["finetune"], "finetune", ("epochs", "batch_size", "unfreeze_from", "patience", "augment"))
     evaluate = _section(top["evaluate"], "evaluate", ("batch_size",))
 
     params = Params(
@@ -155,8 +165,9 @@ def parse_params(raw: Any) -> Params:
         finetune=FinetuneParams(
             epochs=_int(finetune, "finetune.epochs", minimum=1),
             batch_size=_int(finetune, "finetune.batch_size", minimum=1, maximum=4096),
-            unfreeze_from=_text(finetune, "finetune.unfreeze_from"),
+            unfreeze_from=_unfreeze_from(finetune, backbone),
             patience=_int(finetune, "finetune.patience", minimum=1),
+            augment=_bool(finetune, "finetune.augment"),
         ),
         evaluate=EvaluateParams(batch_size=_int(evaluate, "evaluate.batch_size", minimum=1, maximum=4096)),
     )
@@ -259,6 +270,15 @@ def _text(section: dict, key: str) -> str:
     return value.strip()
 
 
+def _bool(section: dict, key: str) -> bool:
+    value = section[_leaf(key)]
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise ParamsError(f"{key}: got {value!r}; expected true or false")
+    return value
+
+
 def _choice(section: dict, key: str, choices: tuple[str, ...]) -> str:
     value = section[_leaf(key)]
     if value not in choices:
@@ -280,3 +300,8 @@ def _weights(section: dict, key: str) -> str:
             f"{key}: got {value!r}; expected imagenet, none, or the path of an existing .h5 weights file"
         )
     return value
+
+
+def _unfreeze_from(finetune: dict, backbone: dict) -> str:
+    value = _text(finetune, "finetune.unfreeze_from")
+    return DEFAULT_UNFREEZE_FROM.get(backbone["name"], value) if value == "auto" else value

@@ -49,7 +49,7 @@ def main() -> None:
         metrics=["accuracy"],
     )
     fit_logged(head, (x_train, y_train), val, params.train.epochs, params.train.batch_size,
-               params.train.patience, LIVE_DIR)
+               params.train.patience, LIVE_DIR, "Dense head")
     save_model(head, HEAD_FILE)
 
 

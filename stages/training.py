@@ -9,6 +9,8 @@ import numpy as np
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
+from stages.report import plot_curves
+
 
 def fit_logged(
     model: keras.Model,
@@ -18,15 +20,17 @@ def fit_logged(
     batch_size: int,
     patience: int,
     live_dir: Path,
+    title: str,
 ) -> keras.callbacks.History:
     """Fit with early stopping on val_loss (best weights restored); log every epoch to `live_dir`.
 
     DVCLive writes metrics.json and per-epoch .tsv curves; dvc.yaml declares them, so DVCLive is
-    told not to edit dvc.yaml itself nor to create experiments of its own.
+    told not to edit dvc.yaml itself nor to create experiments of its own. The same curves are
+    drawn to `live_dir`/curves.png.
     """
     live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    return model.fit(
+    history = model.fit(
         train[0], train[1],
         validation_data=val,
         epochs=epochs,
@@ -35,3 +39,5 @@ def fit_logged(
         callbacks=[stop, DVCLiveCallback(live=live)],
         verbose=2,
     )
+    plot_curves(history.history, title, Path(live_dir) / "curves.png")
+    return history
