@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,39 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+# The offline configuration, as small as still learns: for tests that run the pipeline several times.
+OFFLINE = ["-S", "data.dataset=digits", "-S", "backbone.weights=none"]
+TINY = ["-S", "data.limit=400", "-S", "train.epochs=3", "-S", "finetune.epochs=2"]
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command with the project's venv first on PATH; on failure show its output's tail."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result.output = result.stdout + result.stderr
+    if check:
+        assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.output[-3000:]}"
+    return result
+
+
+def stages_that_ran(output: str) -> set[str]:
+    """Stage names DVC reports as run in its output."""
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+def copy_project(root: Path) -> Path:
+    """A new git repository at `root` holding the project's files as they are in the working tree."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\n")
+    for name in filter(None, listed):
+        if (REPO / name).is_file() and not name.startswith(("benchmarks/", "docs/")):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", "copy"], root)
+    return root
 
 
 @pytest.fixture
