@@ -30,6 +30,7 @@ def test_demo_then_lr_experiment_reruns_only_finetune_and_evaluate(project: Path
     assert {"accuracy", "loss", "macro_f1"} <= set(metrics["finetuned"])
     assert metrics["finetuned"]["accuracy"] > 0.5  # ten classes: chance is 0.1
     assert "finetuned.accuracy" in demo  # the demo prints the test accuracy
+    assert_report(project)
 
     # Nothing changed: nothing runs.
     assert stages_that_ran(run(["dvc", "repro"], project).output) == set()
@@ -47,3 +48,25 @@ def test_demo_then_lr_experiment_reruns_only_finetune_and_evaluate(project: Path
     assert stages_that_ran(forced) == {"download", "prepare", "features", "train", "finetune", "evaluate"}
     assert (project / "metrics/evaluate.json").read_bytes() == before[0]
     assert (project / "dvc.lock").read_text() == before[1]
+
+
+def assert_report(project: Path) -> None:
+    """evaluate's report: per-class table with class names, confusion rows, readable PNGs."""
+    from PIL import Image
+
+    classes = json.loads((project / "data/prepared/classes.json").read_text())
+    per_class = json.loads((project / "metrics/report/per_class.json").read_text())
+    assert list(per_class) == classes == [str(d) for d in range(10)]
+    assert all({"precision", "recall", "f1-score", "support"} <= set(row) for row in per_class.values())
+    n_test = sum(int(row["support"]) for row in per_class.values())
+    rows = (project / "metrics/report/confusion.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted" and len(rows) == n_test + 1
+    assert all(cell in classes for row in rows[1:] for cell in row.split(","))
+    table = (project / "metrics/report/per_class.md").read_text()
+    assert all(f"| {name} |" in table for name in classes)
+    for png in ("metrics/report/confusion.png", "metrics/report/samples.png",
+                "metrics/train/curves.png", "metrics/finetune/curves.png"):
+        with Image.open(project / png) as image:
+            assert image.format == "PNG"
+    info = json.loads((project / "models/model.json").read_text())
+    assert info == {"backbone": "vgg16", "image_size": 32, "classes": classes}
