@@ -100,3 +100,10 @@ def test_help_reads_well():
         out = subprocess.run([str(VENV_BIN / "tlpipe"), *args], capture_output=True, text=True, check=True).stdout
         assert out.startswith("usage: tlpipe")
     assert "--top-k N" in subprocess.run([str(VENV_BIN / "tlpipe"), "predict", "--help"], capture_output=True, text=True).stdout
+
+
+def test_predict_on_a_folder_without_images_is_one_line(workdir):
+    (workdir / "empty").mkdir(exist_ok=True)
+    result = tlpipe(["predict", "empty"], workdir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no image files (.jpg, .jpeg, .png")

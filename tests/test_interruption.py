@@ -1,0 +1,203 @@
+"""Killed and interrupted stages: no finished-looking partial output, and a rerun gives the same bytes.
+
+A stage killed with SIGKILL gets no chance to clean up; what protects the pipeline is that every
+output is written under a temporary name and renamed into place only when complete, and that DVC
+then sees the stage as not run. The rerun must produce exactly what an uninterrupted run produces.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psutil  # installed with dvc
+import pytest
+import yaml
+
+from tests.conftest import OFFLINE, REPO, TINY, VENV_BIN, copy_project, run, stages_that_ran
+
+pytestmark = pytest.mark.slow
+
+FEATURE_FILES = [f"data/features/{part}/{split}.npy" for part in ("head", "boundary") for split in ("train", "val", "test")]
+FEATURE_OUTS = [*FEATURE_FILES, "data/features/backbone.keras", "data/features/boundary.json"]
+FINETUNE_OUTS = ["models/model.keras", "models/model.json"]
+
+
+def overrides_into_params(root: Path, overrides: list[str]) -> None:
+    """Write `-S key=value` overrides into params.yaml (what `dvc exp run -S` does) and commit."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for key, value in (item.split("=", 1) for item in overrides if item != "-S"):
+        *sections, leaf = key.split(".")
+        target = params
+        for section in sections:
+            target = target[section]
+        target[leaf] = yaml.safe_load(value)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qam", "tiny offline"], root)
+
+
+def tiny_offline_project(root: Path) -> Path:
+    copy_project(root)
+    overrides_into_params(root, OFFLINE + TINY)
+    return root
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONUNBUFFERED": "1"}
+
+
+class Running:
+    """A command started in the background whose merged output is collected as it comes."""
+
+    def __init__(self, command: list[str], cwd: Path):
+        self.process = subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stage_process(self, stage: str) -> psutil.Process | None:
+        """The running `python -m stages.<stage>` started by this command, if any."""
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return None
+        for child in children:
+            try:
+                if child.cmdline()[-2:] == ["-m", f"stages.{stage}"]:
+                    return child
+            except psutil.NoSuchProcess:
+                continue
+        return None
+
+    def wait(self, timeout: float = 600) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exception) -> None:
+        """If still running (a failed test), kill the command and every process it started."""
+        if self.process.poll() is None:
+            try:
+                tree = psutil.Process(self.process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                tree = []
+            for process in tree:
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            self.process.kill()
+            self.wait()
+
+
+def wait_for(condition: Callable[[], object], running: Running, what: str, timeout: float = 300) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        assert running.process.poll() is None, f"finished before {what}:\n{running.output[-3000:]}"
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}:\n{running.output[-3000:]}")
+
+
+def temporaries(root: Path) -> list[Path]:
+    """Half-written outputs (storage.atomic_path's temporary names) under data/, models/, metrics/."""
+    return [path for folder in ("data", "models", "metrics") for path in (root / folder).rglob("*.tmp-*")]
+
+
+def kill_mid_run(root: Path, stage: str, working: Callable[[Running], object]) -> Running:
+    """Run `dvc repro`; SIGKILL `stage`'s process once `working(repro)` says it is half way; wait for dvc."""
+    with Running(["dvc", "repro"], root) as repro:
+        process = wait_for(lambda: repro.stage_process(stage), repro, f"stage {stage} to start")
+        wait_for(lambda: working(repro), repro, f"stage {stage} to be half way")
+        process.send_signal(signal.SIGKILL)
+        assert repro.wait() != 0, repro.output[-3000:]
+    assert f"Running stage '{stage}'" in repro.output
+    return repro
+
+
+def assert_stage_not_done(root: Path, stage: str, outs: list[str]) -> None:
+    """DVC must see `stage` as not run, and no output of it may look finished."""
+    status = run(["dvc", "status", stage], root).output
+    assert f"{stage}:" in status and "up to date" not in status, status
+    for name in outs:
+        path = root / name
+        if path.suffix == ".npy" and path.exists():  # complete if it loads whole
+            np.load(path, allow_pickle=False)
+        else:
+            assert not path.exists(), f"{name} exists after {stage} was killed"
+
+
+def test_killed_stages_leave_nothing_finished_looking_and_the_rerun_gives_the_same_bytes(tmp_path: Path):
+    reference_root = tiny_offline_project(tmp_path / "reference")
+    killed_root = tiny_offline_project(tmp_path / "killed")
+    # The uninterrupted run goes on beside the interrupted one: TensorFlow is deterministic here.
+    with Running(["dvc", "repro"], reference_root) as reference:
+        # 1. SIGKILL `features` while it writes its first feature file.
+        kill_mid_run(killed_root, "features", lambda repro: temporaries(killed_root))
+        assert temporaries(killed_root), "the kill came after features had written its files"
+        assert_stage_not_done(killed_root, "features", FEATURE_OUTS)
+
+        # 2. Rerun: features now completes; SIGKILL `finetune` once it trains.
+        second = kill_mid_run(killed_root, "finetune", lambda repro: "Epoch 1/" in repro.output)
+        assert {"features", "train", "finetune"} <= stages_that_ran(second.output)
+        assert_stage_not_done(killed_root, "finetune", FINETUNE_OUTS)
+
+        # 3. Rerun to the end: only the killed stage and what follows it run.
+        final = run(["dvc", "repro"], killed_root).output
+        assert stages_that_ran(final) == {"finetune", "evaluate"}, final
+        assert "up to date" in run(["dvc", "status"], killed_root).output
+        assert temporaries(killed_root) == []
+
+        assert reference.wait() == 0, reference.output[-3000:]
+    assert (killed_root / "metrics/evaluate.json").read_bytes() == (reference_root / "metrics/evaluate.json").read_bytes()
+    # Every output's hash, not only the metrics: the same bytes everywhere.
+    assert yaml.safe_load((killed_root / "dvc.lock").read_text()) == yaml.safe_load((reference_root / "dvc.lock").read_text())
+
+
+def test_sigint_stops_a_stage_within_seconds_with_one_line(tmp_path: Path):
+    # Enough images that features is still extracting when the signal comes.
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["dataset"], params["backbone"]["weights"] = "digits", "none"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    prepared = tmp_path / "data/prepared"
+    prepared.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3000), ("val", 300), ("test", 300)):
+        np.save(prepared / f"{split}_x.npy", rng.normal(0, 60, (count, 32, 32, 3)).astype(np.float32))
+
+    with Running([str(VENV_BIN / "python"), "-m", "stages.features"], tmp_path) as stage:
+        wait_for(lambda: temporaries(tmp_path), stage, "features to start writing")
+        sent = time.monotonic()
+        stage.process.send_signal(signal.SIGINT)
+        code = stage.wait(timeout=60)
+        took = time.monotonic() - sent
+
+    assert code == 130, stage.output[-3000:]
+    assert took < 10, f"took {took:.1f} s to stop"
+    assert "Traceback" not in stage.output, stage.output[-3000:]
+    assert re.search(r"^interrupted: no output was finished; rerun `dvc repro` to continue$", stage.output, re.MULTILINE)
+    assert not re.search(r"^error:", stage.output, re.MULTILINE), stage.output[-3000:]
+    assert temporaries(tmp_path) == []  # the half-written files were removed on the way out
+    assert not any((tmp_path / name).exists() for name in FEATURE_OUTS)
