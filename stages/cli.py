@@ -67,7 +67,10 @@ def model_info(model_path: Path) -> dict:
     info_path = model_path.with_suffix(".json")
     if not info_path.exists():
         raise UserError(f"{info_path} is missing: it is written with {model_path} by the finetune stage (run `dvc repro`)")
-    return load_json(info_path)
+    info = load_json(info_path)
+    if not isinstance(info, dict) or not {"backbone", "image_size", "classes"} <= set(info):
+        raise UserError(f"{info_path}: expected the keys backbone, image_size and classes written by the finetune stage; run `dvc repro`")
+    return info
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -79,9 +82,12 @@ def predict(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     classes, top_k = info["classes"], min(args.top_k, len(info["classes"]))
 
+    files = image_files(args.paths)
+    if not files:
+        raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, args.paths))}")
     results, failed = [], 0
     readable: list[tuple[Path, np.ndarray]] = []
-    for path in image_files(args.paths):
+    for path in files:
         try:
             readable.append((path, read_image(path, None)))
         except UNREADABLE_IMAGE as error:  # not found, not an image, truncated
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         if code:
             sys.exit(code)
 
-    run_stage(run)
+    run_stage(run, interrupted="interrupted")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 
 from stages.params import DataParams, load_params
 from stages.runtime import OFFLINE_DEMO, UserError, run_stage
@@ -202,6 +201,8 @@ def limit_training(dataset: RawDataset, limit: int | None, seed: int) -> RawData
     """Keep a seeded, class-stratified sample of `limit` training images."""
     if limit is None or limit >= len(dataset.train_labels):
         return dataset
+    from sklearn.model_selection import train_test_split  # here, not on top: it is most of the start-up time
+
     keep, _ = train_test_split(
         np.arange(len(dataset.train_labels)),
         train_size=limit,

@@ -19,7 +19,7 @@ from sklearn.metrics import (
 from stages.params import load_params
 from stages.report import per_class_markdown, plot_confusion, plot_samples, sample_order
 from stages.runtime import run_stage
-from stages.storage import atomic_path, load_array, load_json, load_model, save_json
+from stages.storage import atomic_path, check_same_rows, load_array, load_json, load_model, save_json
 
 RAW_DIR = Path("data/raw")
 PREPARED_DIR = Path("data/prepared")
@@ -81,8 +81,12 @@ def main() -> None:
     y_test = load_array(PREPARED_DIR / "test_y.npy", mmap=False)
     batch = params.evaluate.batch_size
 
-    head_probabilities = load_model(HEAD_FILE).predict(load_array(HEAD_FEATURES_DIR / "test.npy"), batch_size=batch, verbose=0)
-    model_probabilities = load_model(MODEL_FILE).predict(load_array(PREPARED_DIR / "test_x.npy"), batch_size=batch, verbose=0)
+    head_model, full_model = load_model(HEAD_FILE), load_model(MODEL_FILE)
+    features, images = load_array(HEAD_FEATURES_DIR / "test.npy"), load_array(PREPARED_DIR / "test_x.npy")
+    check_same_rows({HEAD_FEATURES_DIR / "test.npy": features, PREPARED_DIR / "test_x.npy": images,
+                     PREPARED_DIR / "test_y.npy": y_test})
+    head_probabilities = head_model.predict(features, batch_size=batch, verbose=0)
+    model_probabilities = full_model.predict(images, batch_size=batch, verbose=0)
     head, finetuned = scores(y_test, head_probabilities), scores(y_test, model_probabilities)
     save_json(METRICS_FILE, {
         "head": {"accuracy": head["accuracy"], "loss": head["loss"]},

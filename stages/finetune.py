@@ -17,7 +17,7 @@ import keras
 from stages.backbone import boundary_layer, split_at
 from stages.params import load_params
 from stages.runtime import run_stage, seed_everything
-from stages.storage import load_array, load_json, load_model, save_json, save_model
+from stages.storage import check_same_rows, load_array, load_json, load_model, save_json, save_model
 from stages.training import fit_logged
 
 FEATURES_DIR = Path("data/features")
@@ -77,6 +77,9 @@ def main() -> None:
     else:
         model = trainable
         inputs = {split: load_array(FEATURES_DIR / "boundary" / f"{split}.npy", mmap=False) for split in labels}
+    for split in labels:
+        source = PREPARED_DIR / f"{split}_x.npy" if params.finetune.augment else FEATURES_DIR / "boundary" / f"{split}.npy"
+        check_same_rows({source: inputs[split], PREPARED_DIR / f"{split}_y.npy": labels[split]})
 
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate=params.lr),

@@ -115,9 +115,16 @@ class Params:
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate params.yaml; raise ParamsError naming the first bad key."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.safe_load(Path(path).read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path} not found: run the pipeline from the project's top folder") from None
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise ParamsError(
+            f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} on line {line}); save it as UTF-8"
+        ) from None
+    except OSError as error:  # a folder, unreadable
+        raise ParamsError(f"{path} cannot be read ({error.strerror or error}); expected a YAML file") from None
     except yaml.YAMLError as error:
         line = getattr(getattr(error, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""

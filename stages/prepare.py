@@ -34,10 +34,11 @@ def stratified_split(
         )
     except ValueError as error:
         counts = np.bincount(labels[indices])
+        key = "prepare.test_fraction" if what == "test" else "prepare.val_fraction"
         raise UserError(
-            f"prepare: cannot hold out a stratified {what} split of {fraction} from {len(indices)} images "
-            f"(smallest class has {counts[counts > 0].min()}): {error}. Use more images per class "
-            "(data.limit) or change the fraction"
+            f"{key}: cannot hold out a stratified {what} split of {fraction:g} from {len(indices)} images "
+            f"(smallest class has {counts[counts > 0].min()}): {str(error).rstrip('.')}. Use more images per "
+            "class (data.limit) or change the fraction"
         ) from None
     return np.sort(rest), np.sort(held_out)
 

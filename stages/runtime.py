@@ -2,27 +2,57 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 
 OFFLINE_DEMO = "make demo"  # named in every error caused by having no network
+INTERRUPTED = "interrupted: no output was finished; rerun `dvc repro` to continue"
+# Half-written outputs (storage.atomic_path's temporary files), deleted if the stage is interrupted.
+TEMPORARIES: set[Path] = set()
 
 
 class UserError(Exception):
     """A problem the user can fix (bad params, missing file, no network): shown as one line."""
 
 
-def run_stage(main: Callable[[], None]) -> None:
+def _stop_now(message: str, signum: int, frame: object) -> None:
+    """Ctrl-C: delete the half-written outputs and exit at once.
+
+    Raising KeyboardInterrupt instead is not safe: it lands in whatever Python code runs next, often
+    a callback inside TensorFlow's C++ (tracing, nest.flatten), which prints a traceback of its own
+    and turns it into a TypeError.
+    """
+    for path in list(TEMPORARIES):
+        with contextlib.suppress(OSError):
+            path.unlink()
+    with contextlib.suppress(Exception):  # the handler may run inside a write to stdout
+        sys.stdout.flush()
+    os.write(2, f"\n{message}\n".encode())
+    os._exit(130)
+
+
+def run_stage(main: Callable[[], None], interrupted: str = INTERRUPTED) -> None:
     """Run a stage's main(); turn user errors and Ctrl-C into one line and a non-zero exit."""
+    handling = threading.current_thread() is threading.main_thread()  # only there can signals be handled
+    previous = signal.signal(signal.SIGINT, functools.partial(_stop_now, interrupted)) if handling else None
     try:
         main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: no output was finished; rerun `dvc repro` to continue", file=sys.stderr)
+    except KeyboardInterrupt:  # raised by code rather than by Ctrl-C
+        print(interrupted, file=sys.stderr)
         sys.exit(130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def seed_everything(seed: int) -> None:

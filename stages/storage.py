@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from stages.runtime import UserError
+from stages.runtime import TEMPORARIES, UserError
 
 RERUN_HINT = "delete it and run `dvc repro` again"
 FIXED_SAVE_DATE = "1980-01-01@00:00:00"  # Keras's own date format
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def _temporary_name(path: Path) -> Path:
@@ -34,12 +35,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.stem}.tmp-*{path.suffix}"):  # left by a killed run
+        stale.unlink(missing_ok=True)
     temporary = _temporary_name(path)
+    TEMPORARIES.add(temporary)  # deleted by the Ctrl-C handler of run_stage
     try:
         yield temporary
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+        TEMPORARIES.discard(temporary)
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -70,11 +75,33 @@ def load_array(path: Path, mmap: bool = True) -> np.ndarray:
         raise UserError(f"{path} is missing: run `dvc repro` to create it")
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as error:
-        raise UserError(f"{path} is corrupt or truncated ({error}); {RERUN_HINT}") from None
+    except (ValueError, EOFError) as error:  # EOFError: an empty file
+        raise UserError(f"{path} is corrupt or truncated ({_npy_problem(path, error)}); {RERUN_HINT}") from None
     except OSError as error:
         raise UserError(f"{path} cannot be read ({error}); {RERUN_HINT}") from None
     return array
+
+
+def _npy_problem(path: Path, error: Exception) -> str:
+    """Why np.load refused `path`, in words: numpy's own messages mislead for empty or foreign files."""
+    with open(path, "rb") as file:
+        start = file.read(len(NPY_MAGIC))
+    if not start:
+        return "the file is empty"
+    if start != NPY_MAGIC:
+        return "not a .npy file"
+    if "Object arrays" in str(error) or "Python objects" in str(error):
+        return "it holds pickled Python objects, which are never loaded: they could run code"
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def check_same_rows(arrays: dict[Path, np.ndarray]) -> None:
+    """Refuse arrays left by different runs: each must hold one row per image, the same images."""
+    rows = {path: len(array) for path, array in arrays.items()}
+    if len(set(rows.values())) > 1:
+        listing = ", ".join(f"{path} has {count} rows" for path, count in rows.items())
+        raise UserError(f"inputs from different runs: {listing}; expected the same number in each: "
+                        "run `dvc repro` to rebuild them")
 
 
 def save_json(path: Path, data: Any) -> None:
@@ -137,8 +164,11 @@ def load_model(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} is missing: run `dvc repro` to create it")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of an empty or truncated file
+        raise UserError(f"{path} is not a usable Keras model (not a .keras zip archive: empty, truncated or "
+                        f"overwritten); {RERUN_HINT}")
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
+    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:  # TypeError: unknown classes
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{path} is not a usable Keras model ({first_line}); {RERUN_HINT}") from None

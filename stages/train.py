@@ -12,7 +12,7 @@ import keras
 
 from stages.params import TrainParams, load_params
 from stages.runtime import run_stage, seed_everything
-from stages.storage import load_array, save_model
+from stages.storage import check_same_rows, load_array, save_model
 from stages.training import fit_logged
 
 HEAD_FEATURES_DIR = Path("data/features/head")
@@ -41,6 +41,8 @@ def main() -> None:
     x_train = load_array(HEAD_FEATURES_DIR / "train.npy", mmap=False)
     y_train = load_array(PREPARED_DIR / "train_y.npy", mmap=False)
     val = (load_array(HEAD_FEATURES_DIR / "val.npy", mmap=False), load_array(PREPARED_DIR / "val_y.npy", mmap=False))
+    check_same_rows({HEAD_FEATURES_DIR / "train.npy": x_train, PREPARED_DIR / "train_y.npy": y_train})
+    check_same_rows({HEAD_FEATURES_DIR / "val.npy": val[0], PREPARED_DIR / "val_y.npy": val[1]})
 
     head = build_head(x_train.shape[1:], y_train.shape[1], params.train)
     head.compile(
