@@ -11,9 +11,12 @@ weights (random or pretrained) without downloading or re-initialising anything.
 
 from __future__ import annotations
 
+import mmap
 import shutil
 import time
+import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -24,7 +27,7 @@ from tqdm import tqdm
 from stages.backbone import boundary_layer, build_conv_base, split_at
 from stages.params import load_params
 from stages.runtime import UserError, run_stage, seed_everything
-from stages.storage import array_writer, load_array, save_json, save_model
+from stages.storage import RERUN_HINT, array_writer, load_array, save_json, save_model
 
 PREPARED_DIR = Path("data/prepared")
 FEATURES_DIR = Path("data/features")
@@ -46,7 +49,14 @@ def check_free_space(folder: Path, needed_bytes: int) -> None:
 
 
 def compile_forward(bottom: keras.Model, top: keras.Model) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-    """One traced graph returning (boundary activations, conv-base output) for any batch size."""
+    """One traced graph returning (boundary activations, conv-base output) for any batch size.
+
+    The graph is traced once per (bottom, top) pair and reused, so extracting several splits with
+    the same models pays for tracing only once.
+    """
+    cached = getattr(bottom, "_features_forward", None)
+    if cached is not None and cached[0]() is top:
+        return cached[1]
     spec = tf.TensorSpec((None, *bottom.input.shape[1:]), tf.float32)
 
     @tf.function(input_signature=[spec])
@@ -54,28 +64,82 @@ def compile_forward(bottom: keras.Model, top: keras.Model) -> Callable[[tf.Tenso
         at_boundary = bottom(images, training=False)
         return at_boundary, top(at_boundary, training=False)
 
+    # A plain attribute (not tracked by Keras, not saved with the model) that lives as long as `bottom`.
+    object.__setattr__(bottom, "_features_forward", (weakref.ref(top), forward))
     return forward
+
+
+def _release_pages(array: np.ndarray, start: int, stop: int) -> None:
+    """Unmap rows [start, stop) of a shared, file-backed np.memmap from this process's memory.
+
+    Every page read or written through a memmap otherwise stays resident until the array is
+    closed, so memory would grow with the number of images. MADV_DONTNEED on a shared file
+    mapping loses nothing: the data stays in the file (and the page cache) and is mapped back in
+    if touched again. Anything that is not such a mapping (plain arrays, copy-on-write memmaps)
+    is left alone.
+    """
+    mapping = getattr(array, "_mmap", None)
+    if mapping is None or getattr(array, "mode", "c") == "c" or not array.flags.c_contiguous or stop <= start:
+        return
+    row_bytes = array.strides[0]
+    base = np.frombuffer(mapping, np.uint8).ctypes.data
+    first = array.ctypes.data - base + start * row_bytes
+    last = first + (stop - start) * row_bytes
+    first -= first % mmap.PAGESIZE
+    last -= last % mmap.PAGESIZE  # a page shared with the next rows stays mapped
+    if last > first:
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def extract_features(
     bottom: keras.Model, top: keras.Model, images: np.ndarray, batch_size: int,
     boundary_path: Path, head_path: Path, label: str,
 ) -> float:
-    """Stream `images` through bottom then top; write both outputs; return images per second."""
+    """Stream `images` through bottom then top; write both outputs; return images per second.
+
+    While the conv base runs on one batch (TensorFlow's own threads, GIL released), one helper
+    thread reads the next batch and another writes the previous batch's outputs, so disk I/O
+    overlaps compute. Memory stays flat in the number of images: input and output pages are
+    released once used (see `_release_pages`) and at most three batches are in flight.
+    """
     forward = compile_forward(bottom, top)
     n = len(images)
     boundary_shape = (n, *bottom.output.shape[1:])
     head_shape = (n, *top.output.shape[1:])
+
+    def read(start: int) -> tf.Tensor:
+        stop = min(start + batch_size, n)
+        batch = tf.constant(np.asarray(images[start:stop], dtype=np.float32))
+        _release_pages(images, start, stop)
+        return batch
+
     started = time.perf_counter()
     with array_writer(boundary_path, boundary_shape, np.float32) as boundary_out, \
          array_writer(head_path, head_shape, np.float32) as head_out, \
+         ThreadPoolExecutor(1, thread_name_prefix="features-read") as reader, \
+         ThreadPoolExecutor(1, thread_name_prefix="features-write") as writer, \
          tqdm(total=n, unit="img", desc=f"features {label}", mininterval=2.0) as progress:
+
+        def write(start: int, at_boundary: tf.Tensor, at_output: tf.Tensor) -> None:
+            stop = start + len(at_boundary)
+            boundary_out[start:stop] = at_boundary.numpy()
+            head_out[start:stop] = at_output.numpy()
+            _release_pages(boundary_out, start, stop)
+            _release_pages(head_out, start, stop)
+
+        next_batch = reader.submit(read, 0) if n else None
+        written = None
         for start in range(0, n, batch_size):
-            batch = np.asarray(images[start : start + batch_size])
-            at_boundary, at_output = forward(tf.constant(batch))
-            boundary_out[start : start + len(batch)] = at_boundary.numpy()
-            head_out[start : start + len(batch)] = at_output.numpy()
+            batch = next_batch.result()
+            if start + batch_size < n:
+                next_batch = reader.submit(read, start + batch_size)
+            at_boundary, at_output = forward(batch)
+            if written is not None:
+                written.result()  # re-raise a failed write; keep at most one write in flight
+            written = writer.submit(write, start, at_boundary, at_output)
             progress.update(len(batch))
+        if written is not None:
+            written.result()
     return n / max(time.perf_counter() - started, 1e-9)
 
 
@@ -83,7 +147,14 @@ def main() -> None:
     params = load_params()
     seed_everything(params.seed)  # `backbone.weights: none` draws the random weights from this seed
     inputs = {split: load_array(PREPARED_DIR / f"{split}_x.npy") for split in SPLITS}
-    image_size = inputs["train"].shape[1]
+    shape = inputs["train"].shape[1:]
+    for split, images in inputs.items():
+        if images.ndim != 4 or images.shape[1:] != shape or shape[0] != shape[1] or shape[2] != 3:
+            raise UserError(
+                f"{PREPARED_DIR / f'{split}_x.npy'}: got images of shape {images.shape[1:]} (train_x: {shape}); "
+                f"expected (size, size, 3), the same in every split: left by another run? {RERUN_HINT}"
+            )
+    image_size = shape[0]
     base = build_conv_base(params.backbone, image_size)
     boundary = boundary_layer(base, params.finetune.unfreeze_from)
     bottom, top = split_at(base, boundary)
