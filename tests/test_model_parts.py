@@ -72,3 +72,27 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(UserError, match=r"model\.keras is not a usable Keras model"):
         load_model(tmp_path / "model.keras")
+
+
+def test_augmentation_is_seeded_and_only_active_in_training():
+    from stages.finetune import build_augmentation
+
+    images = np.random.default_rng(0).normal(0, 50, size=(4, 32, 32, 3)).astype(np.float32)
+    first = build_augmentation(7)(images, training=True)
+    again = build_augmentation(7)(images, training=True)
+    np.testing.assert_allclose(first, again)
+    assert not np.allclose(first, images)
+    np.testing.assert_array_equal(build_augmentation(7)(images, training=False), images)
+
+
+def test_features_refuses_to_start_when_the_disk_is_too_small(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from stages.features import check_free_space
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 9 * 2**30, 2**30))
+    check_free_space(tmp_path, 2**29)  # fits
+    with pytest.raises(UserError, match=r"features: need 2\.00 GiB in .* but only 1\.00 GiB is free"):
+        check_free_space(tmp_path, 2 * 2**30)
