@@ -1,0 +1,364 @@
+"""Benchmark of the `features` stage (issue 3: fast, memory-bounded feature extraction).
+
+Run from the repository root:
+
+    python benchmarks/run.py [--quick]
+
+On the same random "prepared" images (float32, 32x32x3) and the same seeded, randomly initialised
+VGG16 conv base, it measures in one process:
+
+- naive_img_s: the textbook way, a Python loop of `conv_base.predict(batch)` on batches of 20
+  copied into a preallocated array;
+- pipeline_img_s: `stages.features.extract_features` (bottom/top split at block4_pool, input a
+  memory-mapped .npy as the stage reads it, both outputs streamed to .npy in a temporary folder);
+- ceiling_gflops: float32 4096x4096 matmul throughput in TensorFlow, and efficiency = the
+  pipeline's GFLOP/s (conv MACs per image x 2 x img/s) divided by that ceiling;
+- rss_1x_mb, rss_10x_mb: peak RSS of a child process running extract_features on N and 10N
+  memory-mapped images (each child reports its own peak, VmHWM: see `peak_rss_mb`);
+- finetune_epoch_speedup: one fine-tuning epoch on a full forward pass over images (VGG16 frozen up
+  to block4_pool) divided by one epoch of the same model on the cached boundary activations.
+
+Throughputs are the best of a few repetitions after a warm-up: other processes on the machine can
+only slow a repetition down, so the best one is the closest to what the code itself can do. The
+load other processes put on the CPUs during the run is reported as `other_cpu_load`.
+
+The human-readable table goes first; the very last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up banner off the table
+os.environ.setdefault("TQDM_DISABLE", "1")  # the stage's progress bars would interleave with the table
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import yaml  # noqa: E402
+
+SEED = 42
+IMAGE_SHAPE = (32, 32, 3)
+NAIVE_BATCH = 20
+FINETUNE_BATCH = 64
+CLASSES = 10
+UNFREEZE_FROM = "block5_conv1"
+MATMUL_SIZE = 4096
+
+MODES = {
+    # images for the throughput runs, repetitions, N for the RSS children, images for fine-tuning
+    "quick": dict(n_images=768, reps=3, rss_n=500, finetune_n=640, finetune_reps=1),
+    "full": dict(n_images=3072, reps=3, rss_n=2000, finetune_n=1920, finetune_reps=2),
+}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def default_batch_size() -> int:
+    return int(yaml.safe_load((ROOT / "params.yaml").read_text())["features"]["batch_size"])
+
+
+def seeded_vgg16():
+    import keras
+
+    from stages.runtime import seed_everything
+
+    seed_everything(SEED)  # what every stage does first: same weights, deterministic ops
+    return keras.applications.VGG16(weights=None, include_top=False, input_shape=IMAGE_SHAPE)
+
+
+def conv_macs_per_image(model) -> int:
+    """Multiply-accumulates of every Conv2D layer for one image: H_out*W_out*C_out*kH*kW*C_in."""
+    import keras
+
+    macs = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, _ = layer.output.shape
+            k_h, k_w, c_in, c_out = layer.kernel.shape
+            macs += height * width * c_out * k_h * k_w * c_in
+    return int(macs)
+
+
+def write_random_images(path: Path, n: int, seed: int) -> None:
+    """A prepared-looking float32 .npy (VGG16 "caffe" range), written in chunks to bound memory."""
+    rng = np.random.default_rng(seed)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, *IMAGE_SHAPE))
+    for start in range(0, n, 2048):
+        stop = min(start + 2048, n)
+        out[start:stop] = rng.uniform(-124.0, 152.0, size=(stop - start, *IMAGE_SHAPE)).astype(np.float32)
+    out.flush()
+    del out
+
+
+def best_of(fn, reps: int) -> tuple[float, list[float]]:
+    """(shortest, all) wall times of `reps` calls of fn()."""
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times), times
+
+
+class OtherLoad:
+    """How many CPUs' worth of work other processes did while we ran (0 = machine to ourselves)."""
+
+    def __init__(self) -> None:
+        self.me = psutil.Process()
+        self.started = time.perf_counter()
+        self.machine0 = self._machine_busy()
+        self.own0 = self._own_cpu()
+
+    @staticmethod
+    def _machine_busy() -> float:
+        t = psutil.cpu_times()
+        return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+
+    def _own_cpu(self) -> float:
+        t = self.me.cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def cpus(self) -> float:
+        wall = time.perf_counter() - self.started
+        other = (self._machine_busy() - self.machine0) - (self._own_cpu() - self.own0)
+        return max(other, 0.0) / max(wall, 1e-9)
+
+
+# ------------------------------------------------------------------------------------------ measurements
+def measure_naive(conv_base, images: np.ndarray, reps: int) -> tuple[float, np.ndarray]:
+    n = len(images)
+    out = np.empty((n, *conv_base.output.shape[1:]), np.float32)
+
+    def run() -> None:
+        for start in range(0, n, NAIVE_BATCH):
+            out[start : start + NAIVE_BATCH] = conv_base.predict(images[start : start + NAIVE_BATCH], verbose=0)
+
+    conv_base.predict(images[:NAIVE_BATCH], verbose=0)  # warm-up: builds and traces predict
+    best, _ = best_of(run, reps)
+    return n / best, out
+
+
+def measure_pipeline(conv_base, images_path: Path, batch_size: int, reps: int, workdir: Path) -> tuple[float, Path]:
+    from stages.backbone import boundary_layer, split_at
+    from stages.features import extract_features
+    from stages.storage import load_array
+
+    bottom, top = split_at(conv_base, boundary_layer(conv_base, UNFREEZE_FROM))
+    images = load_array(images_path)  # memory-mapped, as the stage reads data/prepared/*.npy
+    boundary_path, head_path = workdir / "boundary.npy", workdir / "head.npy"
+    # warm-up on two batches: traces the forward graph as the stage's first split would
+    extract_features(bottom, top, images[: 2 * batch_size], batch_size, boundary_path, head_path, "warm-up")
+    best, _ = best_of(
+        lambda: extract_features(bottom, top, images, batch_size, boundary_path, head_path, "bench"), reps
+    )
+    return len(images) / best, head_path
+
+
+def measure_ceiling(reps: int = 5) -> float:
+    import tensorflow as tf
+
+    a = tf.random.stateless_normal((MATMUL_SIZE, MATMUL_SIZE), seed=(1, 2), dtype=tf.float32)
+    b = tf.random.stateless_normal((MATMUL_SIZE, MATMUL_SIZE), seed=(3, 4), dtype=tf.float32)
+    for _ in range(2):
+        tf.linalg.matmul(a, b)  # warm-up: thread pools, oneDNN primitive cache
+    best, _ = best_of(lambda: tf.linalg.matmul(a, b), reps)  # eager CPU ops return once computed
+    return 2 * MATMUL_SIZE**3 / best / 1e9
+
+
+def rss_child(images_path: Path, batch_size: int, workdir: Path) -> None:
+    """Child mode: run the features code path on a memory-mapped file, print own peak RSS as JSON."""
+    from stages.backbone import boundary_layer, split_at
+    from stages.features import extract_features
+    from stages.storage import load_array
+
+    conv_base = seeded_vgg16()
+    bottom, top = split_at(conv_base, boundary_layer(conv_base, UNFREEZE_FROM))
+    images = load_array(images_path)
+    before = psutil.Process().memory_info().rss
+    rate = extract_features(bottom, top, images, batch_size, workdir / "boundary.npy", workdir / "head.npy", "rss")
+    print(json.dumps({"n": len(images), "peak_rss_mb": peak_rss_mb(), "rss_before_mb": before / 2**20, "img_s": rate}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB.
+
+    VmHWM, not getrusage's ru_maxrss: after fork+exec, Linux keeps the parent's RSS at the time of
+    the fork in the child's ru_maxrss, so a child of a 1.2 GB benchmark process would report at
+    least 1.2 GB whatever it did. VmHWM is the high-water mark of the child's own address space.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure_rss(n: int, batch_size: int, workdir: Path) -> dict[int, dict]:
+    results = {}
+    for count in (n, 10 * n):
+        images_path = workdir / f"rss_{count}.npy"
+        write_random_images(images_path, count, seed=count)
+        outdir = workdir / f"rss_out_{count}"
+        outdir.mkdir()
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--rss-child", str(images_path),
+             "--batch-size", str(batch_size), "--workdir", str(outdir)],
+            capture_output=True, text=True, cwd=ROOT, env=os.environ.copy(),
+        )
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr)
+            raise SystemExit(f"RSS child on {count} images failed with exit code {done.returncode}")
+        results[count] = json.loads(done.stdout.strip().splitlines()[-1])
+        images_path.unlink()
+        for file in outdir.iterdir():
+            file.unlink()
+    return results
+
+
+def measure_finetune(images: np.ndarray, n: int, reps: int) -> tuple[float, float]:
+    """(seconds per epoch on cached boundary activations, seconds per epoch on images)."""
+    import keras
+
+    from stages.backbone import boundary_layer
+    from stages.finetune import build_finetune_models
+
+    backbone = seeded_vgg16()
+    head = keras.Sequential(
+        [
+            keras.Input(shape=backbone.output.shape[1:]),
+            keras.layers.Flatten(),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(CLASSES, activation="softmax"),
+        ],
+        name="head",
+    )
+    boundary = boundary_layer(backbone, UNFREEZE_FROM)
+    trainable, full = build_finetune_models(backbone, head, boundary)
+    x = np.ascontiguousarray(images[:n])
+    y = keras.utils.to_categorical(np.random.default_rng(SEED).integers(0, CLASSES, n), CLASSES)
+    activations = keras.Model(backbone.input, backbone.get_layer(boundary).output).predict(x, batch_size=128, verbose=0)
+
+    def epoch_time(model, inputs: np.ndarray) -> float:
+        model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-5),
+                      loss="categorical_crossentropy", metrics=["accuracy"])
+        warm = 2 * FINETUNE_BATCH  # a couple of steps: traces the train step outside the timing
+        model.fit(inputs[:warm], y[:warm], batch_size=FINETUNE_BATCH, epochs=1, verbose=0)
+        best, _ = best_of(lambda: model.fit(inputs, y, batch_size=FINETUNE_BATCH, epochs=1, shuffle=True,
+                                            verbose=0), reps)
+        return best
+
+    cached = epoch_time(trainable, activations)
+    full_pass = epoch_time(full, x)
+    return cached, full_pass
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes; finishes in under 3 minutes")
+    parser.add_argument("--batch-size", type=int, default=None, help="features batch size (default: params.yaml)")
+    parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    batch_size = args.batch_size or default_batch_size()
+    if args.rss_child:
+        rss_child(args.rss_child, batch_size, args.workdir)
+        return
+
+    mode = "quick" if args.quick else "full"
+    sizes = MODES[mode]
+    wall_started = time.perf_counter()
+    load = OtherLoad()
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="tlpipe-bench-") as tmp:
+        workdir = Path(tmp)
+        images_path = workdir / "images.npy"
+        write_random_images(images_path, sizes["n_images"], seed=SEED)
+        images = np.load(images_path)  # in memory, for the naive loop (the textbook way)
+
+        conv_base = seeded_vgg16()
+        macs = conv_macs_per_image(conv_base)
+        gflop_per_image = 2 * macs / 1e9
+
+        naive_img_s, naive_out = measure_naive(conv_base, images, sizes["reps"])
+        pipeline_img_s, head_path = measure_pipeline(conv_base, images_path, batch_size, sizes["reps"], workdir)
+        max_abs_diff = float(np.max(np.abs(np.load(head_path) - naive_out)))
+        scale = float(np.max(np.abs(naive_out))) or 1.0
+        if max_abs_diff > 1e-4 * scale:
+            raise SystemExit(f"pipeline output differs from the plain forward pass by {max_abs_diff:g}")
+        ceiling_gflops = measure_ceiling()
+        pipeline_gflops = gflop_per_image * pipeline_img_s
+        rss = measure_rss(sizes["rss_n"], batch_size, workdir)
+        cached_s, full_s = measure_finetune(images, sizes["finetune_n"], sizes["finetune_reps"])
+
+    rss_1x, rss_10x = (rss[k]["peak_rss_mb"] for k in sorted(rss))
+    result = {
+        "naive_img_s": round(naive_img_s, 1),
+        "pipeline_img_s": round(pipeline_img_s, 1),
+        "ceiling_gflops": round(ceiling_gflops, 1),
+        "efficiency": round(pipeline_gflops / ceiling_gflops, 3),
+        "rss_1x_mb": round(rss_1x, 1),
+        "rss_10x_mb": round(rss_10x, 1),
+        "finetune_epoch_speedup": round(full_s / cached_s, 2),
+        # extras
+        "mode": mode,
+        "n_images": sizes["n_images"],
+        "batch_size": batch_size,
+        "speedup_vs_naive": round(pipeline_img_s / naive_img_s, 2),
+        "gflop_per_image": round(gflop_per_image, 4),
+        "pipeline_gflops": round(pipeline_gflops, 1),
+        "rss_n": sizes["rss_n"],
+        "rss_ratio": round(rss_10x / rss_1x, 3),
+        "finetune_n": sizes["finetune_n"],
+        "finetune_cached_epoch_s": round(cached_s, 3),
+        "finetune_full_epoch_s": round(full_s, 3),
+        "max_abs_diff": max_abs_diff,
+        "other_cpu_load": round(load.cpus(), 2),
+        "tf_version": tf.__version__,
+        "wall_s": round(time.perf_counter() - wall_started, 1),
+    }
+
+    rows = [
+        ("naive loop, predict() x batch 20", f"{naive_img_s:8.1f} img/s", ""),
+        (f"features stage path, batch {batch_size}", f"{pipeline_img_s:8.1f} img/s",
+         f"{result['speedup_vs_naive']:.2f}x naive (target >= 2.5)"),
+        ("conv base work per image", f"{gflop_per_image:8.3f} GFLOP", f"{macs:,} MACs from Conv2D layers"),
+        ("pipeline compute rate", f"{pipeline_gflops:8.1f} GFLOP/s", ""),
+        (f"ceiling: fp32 matmul {MATMUL_SIZE}^2", f"{ceiling_gflops:8.1f} GFLOP/s",
+         f"efficiency {result['efficiency']:.3f} (target >= 0.75)"),
+        (f"peak RSS, {sizes['rss_n']} images", f"{rss_1x:8.1f} MB",
+         f"{rss[sizes['rss_n']]['rss_before_mb']:.0f} MB before extracting"),
+        (f"peak RSS, {10 * sizes['rss_n']} images", f"{rss_10x:8.1f} MB",
+         f"ratio {result['rss_ratio']:.3f} (target <= 1.3); "
+         f"{rss[10 * sizes['rss_n']]['rss_before_mb']:.0f} MB before extracting"),
+        ("finetune epoch, cached activations", f"{cached_s:8.2f} s", f"{sizes['finetune_n']} images, batch {FINETUNE_BATCH}"),
+        ("finetune epoch, full forward pass", f"{full_s:8.2f} s",
+         f"speedup {result['finetune_epoch_speedup']:.2f}x (target >= 3)"),
+        ("other processes' CPU load", f"{result['other_cpu_load']:8.2f} CPUs", "0 = machine to ourselves"),
+    ]
+    print(f"features benchmark ({mode}): {sizes['n_images']} images 32x32x3, VGG16 random weights, "
+          f"TF {tf.__version__}, {os.cpu_count()} CPUs, best of {sizes['reps']} after warm-up")
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"  {name:<{width}}  {value:>16}  {note}")
+    print(f"  wall time {result['wall_s']:.0f} s")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
