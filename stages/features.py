@@ -14,7 +14,6 @@ from __future__ import annotations
 import mmap
 import shutil
 import time
-import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,12 +50,9 @@ def check_free_space(folder: Path, needed_bytes: int) -> None:
 def compile_forward(bottom: keras.Model, top: keras.Model) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
     """One traced graph returning (boundary activations, conv-base output) for any batch size.
 
-    The graph is traced once per (bottom, top) pair and reused, so extracting several splits with
-    the same models pays for tracing only once.
+    Compile once and pass it to every `extract_features` call, so several splits pay for tracing
+    only once.
     """
-    cached = getattr(bottom, "_features_forward", None)
-    if cached is not None and cached[0]() is top:
-        return cached[1]
     spec = tf.TensorSpec((None, *bottom.input.shape[1:]), tf.float32)
 
     @tf.function(input_signature=[spec])
@@ -64,8 +60,6 @@ def compile_forward(bottom: keras.Model, top: keras.Model) -> Callable[[tf.Tenso
         at_boundary = bottom(images, training=False)
         return at_boundary, top(at_boundary, training=False)
 
-    # A plain attribute (not tracked by Keras, not saved with the model) that lives as long as `bottom`.
-    object.__setattr__(bottom, "_features_forward", (weakref.ref(top), forward))
     return forward
 
 
@@ -94,6 +88,7 @@ def _release_pages(array: np.ndarray, start: int, stop: int) -> None:
 def extract_features(
     bottom: keras.Model, top: keras.Model, images: np.ndarray, batch_size: int,
     boundary_path: Path, head_path: Path, label: str,
+    forward: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None,
 ) -> float:
     """Stream `images` through bottom then top; write both outputs; return images per second.
 
@@ -101,8 +96,9 @@ def extract_features(
     thread reads the next batch and another writes the previous batch's outputs, so disk I/O
     overlaps compute. Memory stays flat in the number of images: input and output pages are
     released once used (see `_release_pages`) and at most three batches are in flight.
+    `forward` is `compile_forward(bottom, top)`, compiled here if not given.
     """
-    forward = compile_forward(bottom, top)
+    forward = forward or compile_forward(bottom, top)
     n = len(images)
     boundary_shape = (n, *bottom.output.shape[1:])
     head_shape = (n, *top.output.shape[1:])
@@ -158,12 +154,13 @@ def main() -> None:
     base = build_conv_base(params.backbone, image_size)
     boundary = boundary_layer(base, params.finetune.unfreeze_from)
     bottom, top = split_at(base, boundary)
+    forward = compile_forward(bottom, top)
 
     floats_per_image = int(np.prod(bottom.output.shape[1:])) + int(np.prod(top.output.shape[1:]))
     check_free_space(FEATURES_DIR, 4 * floats_per_image * sum(len(x) for x in inputs.values()))
     for split in SPLITS:
         rate = extract_features(bottom, top, inputs[split], params.features.batch_size,
-                                BOUNDARY_DIR / f"{split}.npy", HEAD_DIR / f"{split}.npy", split)
+                                BOUNDARY_DIR / f"{split}.npy", HEAD_DIR / f"{split}.npy", split, forward)
         print(f"features: {split}: {len(inputs[split])} images at {rate:.0f} img/s")
     save_model(base, BACKBONE_FILE)
     save_json(FEATURES_DIR / "boundary.json", {"boundary_layer": boundary, "unfreeze_from": params.finetune.unfreeze_from})

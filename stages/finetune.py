@@ -47,6 +47,15 @@ def build_finetune_models(backbone: keras.Model, head: keras.Model, boundary: st
     return trainable, full
 
 
+def compile_for_finetuning(model: keras.Model, lr: float) -> None:
+    """RMSprop at the fine-tuning learning rate, cross-entropy loss, accuracy."""
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=lr),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
 def build_augmentation(seed: int) -> keras.Sequential:
     """Seed 003's augmentation with Keras preprocessing layers: flips, small shifts, rotations, zoom."""
     return keras.Sequential(
@@ -81,11 +90,7 @@ def main() -> None:
         source = PREPARED_DIR / f"{split}_x.npy" if params.finetune.augment else FEATURES_DIR / "boundary" / f"{split}.npy"
         check_same_rows({source: inputs[split], PREPARED_DIR / f"{split}_y.npy": labels[split]})
 
-    model.compile(
-        optimizer=keras.optimizers.RMSprop(learning_rate=params.lr),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    compile_for_finetuning(model, params.lr)
     trained = sum(layer.trainable for layer in trainable.layers[1].layers)
     print(f"finetune: training {trained} backbone layers from {params.finetune.unfreeze_from} "
           f"and the head at lr={params.lr:g}")
