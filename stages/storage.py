@@ -135,16 +135,19 @@ def _drop_timestamps(archive: Path) -> None:
     new model each time.
     """
     with zipfile.ZipFile(archive) as source:
-        entries = [(info.filename, source.read(info.filename)) for info in source.infolist()]
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as target:
-        for name, data in sorted(entries):
-            if name == "metadata.json":
+        entries = [(info, source.read(info.filename)) for info in source.infolist()]
+    # Each entry keeps Keras's own compression (stored): deflating the weights again would cost
+    # about 3 s per VGG16-sized model to save 9 % of its size.
+    with zipfile.ZipFile(archive, "w") as target:
+        for info, data in sorted(entries, key=lambda entry: entry[0].filename):
+            if info.filename == "metadata.json":
                 metadata = json.loads(data)
                 metadata["date_saved"] = FIXED_SAVE_DATE
                 data = json.dumps(metadata, sort_keys=True).encode()
-            elif name == "config.json":
+            elif info.filename == "config.json":
                 data = _renumber_shared_objects(data.decode()).encode()
-            target.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            target.writestr(fixed, data, info.compress_type)
 
 
 def _renumber_shared_objects(config: str) -> str:
