@@ -1,12 +1,12 @@
 """Where a cached fine-tuning epoch spends its time (the study behind RESULTS.md, fine-tuning part).
 
-    python benchmarks/explore_finetune.py epochs [SPEC ...]   # seconds per epoch, cached vs full pass
-    python benchmarks/explore_finetune.py step                # one cached train step, taken apart
+    python benchmarks/explore_finetune.py epochs [BATCH ...] [--xla]  # s/epoch, cached vs full pass
+    python benchmarks/explore_finetune.py step                          # one cached train step, taken apart
 
-A SPEC is `cached|full,BATCH,JIT` (default: cached,64,0 full,64,0 cached,256,0 full,256,0);
-JIT=1 compiles the train step with XLA. Environment: EXPLORE_N images (1280), EXPLORE_DETERMINISM
-(1: op determinism on, as in the stages). Same model as the stage: VGG16 (random weights) frozen up
-to block4_pool, block5 and the dense head trained with the stage's optimizer.
+BATCH defaults to 64 256; --xla compiles the train steps with XLA (slow: use EXPLORE_N=256).
+Environment: EXPLORE_N images (1280), EXPLORE_SIZE input size (32), EXPLORE_DETERMINISM (1: op
+determinism on, as in the stages). Same model as the stage: VGG16 (random weights) frozen up to
+block4_pool, block5 and the dense head trained with the stage's optimizer.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from stages.params import load_params  # noqa: E402
 from stages.train import build_head  # noqa: E402
 
 N = int(os.environ.get("EXPLORE_N", "1280"))
+SIZE = int(os.environ.get("EXPLORE_SIZE", "32"))
 CLASSES = 10
 
 
@@ -39,32 +40,35 @@ def models() -> tuple[keras.Model, keras.Model, np.ndarray, np.ndarray, np.ndarr
     if os.environ.get("EXPLORE_DETERMINISM", "1") == "1":
         tf.config.experimental.enable_op_determinism()
     params = load_params(ROOT / "params.yaml")
-    backbone = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    backbone = keras.applications.VGG16(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
     head = build_head(backbone.output.shape[1:], CLASSES, params.train)
     boundary = boundary_layer(backbone, "block5_conv1")
     trainable, full = build_finetune_models(backbone, head, boundary)
-    x = np.random.default_rng(0).uniform(-124, 152, (N, 32, 32, 3)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(-124, 152, (N, SIZE, SIZE, 3)).astype(np.float32)
     y = keras.utils.to_categorical(np.random.default_rng(1).integers(0, CLASSES, N), CLASSES)
     activations = keras.Model(backbone.input, backbone.get_layer(boundary).output).predict(x, batch_size=128, verbose=0)
     return trainable, full, x, activations, y
 
 
-def epochs(specs: list[str]) -> None:
+def epochs(batch_sizes: list[int], jit: bool) -> None:
+    """Best of 3 epochs per batch size, cached and full epochs alternating, and their ratio."""
     trainable, full, x, activations, y = models()
     lr = load_params(ROOT / "params.yaml").lr
-    for spec in specs:
-        which, batch, jit = spec.split(",")
-        model, inputs = (trainable, activations) if which == "cached" else (full, x)
-        batch = int(batch)
-        compile_for_finetuning(model, lr)
-        model.jit_compile = jit == "1"
-        model.fit(inputs[: 2 * batch], y[: 2 * batch], batch_size=batch, epochs=1, verbose=0)  # trace
-        times = []
+    runs = {"cached": (trainable, activations), "full pass": (full, x)}
+    for batch in batch_sizes:
+        for model, inputs in runs.values():
+            compile_for_finetuning(model, lr)
+            model.jit_compile = jit
+            model.fit(inputs[: 2 * batch], y[: 2 * batch], batch_size=batch, epochs=1, verbose=0)  # trace
+        times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(3):
-            started = time.perf_counter()
-            model.fit(inputs, y, batch_size=batch, epochs=1, shuffle=True, verbose=0)
-            times.append(time.perf_counter() - started)
-        print(f"{spec:<16} {min(times):7.3f} s/epoch  {N / min(times):7.0f} img/s", flush=True)
+            for name, (model, inputs) in runs.items():
+                started = time.perf_counter()
+                model.fit(inputs, y, batch_size=batch, epochs=1, shuffle=True, verbose=0)
+                times[name].append(time.perf_counter() - started)
+        cached, full_pass = (min(t) for t in times.values())
+        print(f"{SIZE}x{SIZE}, batch {batch}{', XLA' if jit else ''}: cached {cached:.3f} s/epoch, "
+              f"full pass {full_pass:.3f} s/epoch, speedup {full_pass / cached:.2f}x ({N} images)", flush=True)
 
 
 def step() -> None:
@@ -118,4 +122,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["step"]:
         step()
     else:
-        epochs(sys.argv[2:] or ["cached,64,0", "full,64,0", "cached,256,0", "full,256,0"])
+        sizes = [int(a) for a in sys.argv[2:] if a != "--xla"]
+        epochs(sizes or [64, 256], "--xla" in sys.argv)
