@@ -21,6 +21,17 @@ OFFLINE = ["-S", "data.dataset=digits", "-S", "backbone.weights=none"]
 TINY = ["-S", "data.limit=400", "-S", "train.epochs=3", "-S", "finetune.epochs=2"]
 
 
+def shipped_params_text() -> str:
+    """params.yaml as committed. `make demo` is a DVC experiment: it leaves its overrides in the
+    working copy's params.yaml (and writes dvc.lock, metrics/), which must not change what the
+    tests see. Outside a git checkout, the working copy's file."""
+    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True)
+    return committed.stdout if committed.returncode == 0 else (REPO / "params.yaml").read_text()
+
+
+SHIPPED_PARAMS = shipped_params_text()
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run a command with the project's venv first on PATH; on failure show its output's tail."""
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -37,13 +48,20 @@ def stages_that_ran(output: str) -> set[str]:
 
 
 def copy_project(root: Path) -> Path:
-    """A new git repository at `root` holding the project's files as they are in the working tree."""
+    """A new git repository at `root` holding the project's code as it is in the working tree.
+
+    Pipeline results a run may have left (dvc.lock, metrics/) are not copied, and params.yaml is
+    the committed one (see `shipped_params_text`).
+    """
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\n")
     for name in filter(None, listed):
-        if (REPO / name).is_file() and not name.startswith(("benchmarks/", "docs/")):
+        if name == "dvc.lock" or name.startswith(("benchmarks/", "docs/", "metrics/")):
+            continue
+        if (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
+    (root / "params.yaml").write_text(SHIPPED_PARAMS)
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm", "copy"], root)
@@ -63,6 +81,6 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def in_tmp_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temporary working folder holding a copy of params.yaml (stages read ./params.yaml)."""
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(SHIPPED_PARAMS)
     monkeypatch.chdir(tmp_path)
     return tmp_path

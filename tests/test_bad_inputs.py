@@ -27,7 +27,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import OFFLINE, REPO, VENV_BIN, copy_project, run
+from tests.conftest import OFFLINE, REPO, SHIPPED_PARAMS, VENV_BIN, copy_project, run
 
 DELETE = object()  # as a value in a params change: remove the key
 SPLITS = ("train", "val", "test")
@@ -40,7 +40,7 @@ WORKERS = max(2, min(4, os.cpu_count() or 2))  # rows run concurrently, each in 
 
 def write_params(root: Path, changes: dict[str, object] | None = None) -> None:
     """The project's params.yaml on the offline config, with `changes` ({"train.epochs": 3}) applied."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load(SHIPPED_PARAMS)
     params["data"]["dataset"], params["backbone"]["weights"] = "digits", "none"
     for dotted, value in (changes or {}).items():
         *sections, leaf = dotted.split(".")

@@ -21,7 +21,7 @@ import psutil  # installed with dvc
 import pytest
 import yaml
 
-from tests.conftest import OFFLINE, REPO, TINY, VENV_BIN, copy_project, run, stages_that_ran
+from tests.conftest import OFFLINE, REPO, SHIPPED_PARAMS, TINY, VENV_BIN, copy_project, run, stages_that_ran
 
 pytestmark = pytest.mark.slow
 
@@ -178,7 +178,7 @@ def test_killed_stages_leave_nothing_finished_looking_and_the_rerun_gives_the_sa
 
 def test_sigint_stops_a_stage_within_seconds_with_one_line(tmp_path: Path):
     # Enough images that features is still extracting when the signal comes.
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load(SHIPPED_PARAMS)
     params["data"]["dataset"], params["backbone"]["weights"] = "digits", "none"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     prepared = tmp_path / "data/prepared"

@@ -19,7 +19,7 @@ import yaml
 from ruamel.yaml import YAML
 
 from stages.params import parse_params
-from tests.conftest import OFFLINE, REPO, TINY, copy_project, run
+from tests.conftest import OFFLINE, REPO, SHIPPED_PARAMS, TINY, copy_project, run
 
 STAGES = frozenset({"download", "prepare", "features", "train", "finetune", "evaluate"})
 SEEDED = frozenset({"download", "prepare", "features", "train", "finetune"})
@@ -82,7 +82,7 @@ def leaves(node: dict, prefix: str = "") -> set[str]:
 
 
 def test_table_covers_every_params_key_and_every_stage_module():
-    assert set(KEYS) == leaves(yaml.safe_load((REPO / "params.yaml").read_text()))
+    assert set(KEYS) == leaves(yaml.safe_load(SHIPPED_PARAMS))
     assert set(MODULES) == {f"stages/{path.name}" for path in (REPO / "stages").glob("*.py")}
 
 
@@ -134,7 +134,7 @@ def test_package_init_only_sets_the_log_level():
 
 def test_alternative_values_are_valid():
     for key in KEYS:
-        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+        raw = yaml.safe_load(SHIPPED_PARAMS)
         *sections, leaf = key.split(".")
         node = raw
         for section in sections:

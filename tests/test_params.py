@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
@@ -9,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stages.params import ParamsError, load_params, parse_params
+from tests.conftest import SHIPPED_PARAMS
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
+DEFAULTS = yaml.safe_load(SHIPPED_PARAMS)
 
 
 def with_value(key: str, value) -> dict:
@@ -24,8 +23,9 @@ def with_value(key: str, value) -> dict:
     return raw
 
 
-def test_defaults_are_the_real_product():
-    params = load_params(REPO / "params.yaml")
+def test_defaults_are_the_real_product(tmp_path):
+    (tmp_path / "params.yaml").write_text(SHIPPED_PARAMS)
+    params = load_params(tmp_path / "params.yaml")
     assert params.data.dataset == "cifar10"
     assert params.backbone.weights == "imagenet"
     assert params.finetune.unfreeze_from == "block5_conv1"
@@ -35,7 +35,7 @@ def test_defaults_are_the_real_product():
 
 def test_lr_written_by_dvc_exp_run_is_read_as_a_float(tmp_path):
     # `dvc exp run -S lr=1e-5` writes `lr: 1e-05`, which PyYAML reads as the *string* "1e-05".
-    text = (REPO / "params.yaml").read_text().replace("lr: 1.0e-05", "lr: 1e-05")
+    text = SHIPPED_PARAMS.replace("lr: 1.0e-05", "lr: 1e-05")
     assert yaml.safe_load(text)["lr"] == "1e-05"
     (tmp_path / "params.yaml").write_text(text)
     lr = load_params(tmp_path / "params.yaml").lr
