@@ -81,14 +81,14 @@ def main() -> None:
     if params.finetune.augment:
         images = full.input.shape[1:]
         model = keras.Sequential([keras.Input(shape=images), build_augmentation(params.seed), full], name="augmented")
-        inputs = {split: load_array(PREPARED_DIR / f"{split}_x.npy", mmap=False) for split in labels}
+        sources = {split: PREPARED_DIR / f"{split}_x.npy" for split in labels}
         print("finetune: augment is on, so every epoch runs the full model (the boundary cache cannot serve)")
     else:
         model = trainable
-        inputs = {split: load_array(FEATURES_DIR / "boundary" / f"{split}.npy", mmap=False) for split in labels}
-    for split in labels:
-        source = PREPARED_DIR / f"{split}_x.npy" if params.finetune.augment else FEATURES_DIR / "boundary" / f"{split}.npy"
-        check_same_rows({source: inputs[split], PREPARED_DIR / f"{split}_y.npy": labels[split]})
+        sources = {split: FEATURES_DIR / "boundary" / f"{split}.npy" for split in labels}
+    inputs = {split: load_array(path, mmap=False) for split, path in sources.items()}
+    for split, path in sources.items():
+        check_same_rows({path: inputs[split], PREPARED_DIR / f"{split}_y.npy": labels[split]})
 
     compile_for_finetuning(model, params.lr)
     trained = sum(layer.trainable for layer in trainable.layers[1].layers)
