@@ -32,10 +32,22 @@ def shipped_params_text() -> str:
 SHIPPED_PARAMS = shipped_params_text()
 
 
+def set_param(params: dict, dotted: str, value: object) -> None:
+    """Set `params["train"]["epochs"]` for dotted "train.epochs", as `dvc exp run -S` does."""
+    *sections, leaf = dotted.split(".")
+    for section in sections:
+        params = params[section]
+    params[leaf] = value
+
+
+def command_env() -> dict[str, str]:
+    """The environment for project commands: the venv first on PATH, TensorFlow's log quiet."""
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run a command with the project's venv first on PATH; on failure show its output's tail."""
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, cwd=cwd, env=command_env(), capture_output=True, text=True, timeout=timeout)
     result.output = result.stdout + result.stderr
     if check:
         assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.output[-3000:]}"

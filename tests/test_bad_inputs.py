@@ -27,7 +27,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import OFFLINE, REPO, SHIPPED_PARAMS, VENV_BIN, copy_project, run
+from tests.conftest import OFFLINE, REPO, SHIPPED_PARAMS, VENV_BIN, copy_project, run, set_param
 
 DELETE = object()  # as a value in a params change: remove the key
 SPLITS = ("train", "val", "test")
@@ -43,14 +43,11 @@ def write_params(root: Path, changes: dict[str, object] | None = None) -> None:
     params = yaml.safe_load(SHIPPED_PARAMS)
     params["data"]["dataset"], params["backbone"]["weights"] = "digits", "none"
     for dotted, value in (changes or {}).items():
-        *sections, leaf = dotted.split(".")
-        target = params
-        for section in sections:
-            target = target[section]
         if value is DELETE:
-            del target[leaf]
+            section, leaf = dotted.split(".")
+            del params[section][leaf]
         else:
-            target[leaf] = value
+            set_param(params, dotted, value)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -7,7 +7,6 @@ then sees the stage as not run. The rerun must produce exactly what an uninterru
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -21,7 +20,8 @@ import psutil  # installed with dvc
 import pytest
 import yaml
 
-from tests.conftest import OFFLINE, REPO, SHIPPED_PARAMS, TINY, VENV_BIN, copy_project, run, stages_that_ran
+from tests.conftest import (OFFLINE, SHIPPED_PARAMS, TINY, VENV_BIN, command_env, copy_project, run, set_param,
+                            stages_that_ran)
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +34,7 @@ def overrides_into_params(root: Path, overrides: list[str]) -> None:
     """Write `-S key=value` overrides into params.yaml (what `dvc exp run -S` does) and commit."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     for key, value in (item.split("=", 1) for item in overrides if item != "-S"):
-        *sections, leaf = key.split(".")
-        target = params
-        for section in sections:
-            target = target[section]
-        target[leaf] = yaml.safe_load(value)
+        set_param(params, key, yaml.safe_load(value))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qam", "tiny offline"], root)
 
@@ -49,17 +45,12 @@ def tiny_offline_project(root: Path) -> Path:
     return root
 
 
-def environment() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONUNBUFFERED": "1"}
-
-
 class Running:
     """A command started in the background whose merged output is collected as it comes."""
 
     def __init__(self, command: list[str], cwd: Path):
-        self.process = subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(command, cwd=cwd, env={**command_env(), "PYTHONUNBUFFERED": "1"},
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

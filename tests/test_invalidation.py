@@ -19,7 +19,7 @@ import yaml
 from ruamel.yaml import YAML
 
 from stages.params import parse_params
-from tests.conftest import OFFLINE, REPO, SHIPPED_PARAMS, TINY, copy_project, run
+from tests.conftest import OFFLINE, REPO, SHIPPED_PARAMS, TINY, copy_project, run, set_param
 
 STAGES = frozenset({"download", "prepare", "features", "train", "finetune", "evaluate"})
 SEEDED = frozenset({"download", "prepare", "features", "train", "finetune"})
@@ -135,11 +135,7 @@ def test_package_init_only_sets_the_log_level():
 def test_alternative_values_are_valid():
     for key in KEYS:
         raw = yaml.safe_load(SHIPPED_PARAMS)
-        *sections, leaf = key.split(".")
-        node = raw
-        for section in sections:
-            node = node[section]
-        node[leaf] = READERS[key][0]
+        set_param(raw, key, READERS[key][0])
         parse_params(raw)  # raises ParamsError naming the key if the value is not valid
 
 

@@ -8,18 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stages.params import ParamsError, load_params, parse_params
-from tests.conftest import SHIPPED_PARAMS
+from tests.conftest import SHIPPED_PARAMS, set_param
 
 DEFAULTS = yaml.safe_load(SHIPPED_PARAMS)
 
 
 def with_value(key: str, value) -> dict:
     raw = copy.deepcopy(DEFAULTS)
-    *sections, leaf = key.split(".")
-    node = raw
-    for section in sections:
-        node = node[section]
-    node[leaf] = value
+    set_param(raw, key, value)
     return raw
 
 
