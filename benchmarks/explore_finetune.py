@@ -4,9 +4,9 @@
     python benchmarks/explore_finetune.py step                          # one cached train step, taken apart
 
 BATCH defaults to 64 256; --xla compiles the train steps with XLA (slow: use EXPLORE_N=256).
-Environment: EXPLORE_N images (1280), EXPLORE_SIZE input size (32), EXPLORE_DETERMINISM (1: op
-determinism on, as in the stages). Same model as the stage: VGG16 (random weights) frozen up to
-block4_pool, block5 and the dense head trained with the stage's optimizer.
+Environment: EXPLORE_N images (1280), EXPLORE_SIZE input size (32). The models, optimizer and
+timing are those of `benchmarks/run.py` (`finetune_setup`, `measure_finetune`): the stage's
+models on a seeded VGG16 frozen up to block4_pool, block5 and the dense head trained.
 """
 
 from __future__ import annotations
@@ -24,57 +24,29 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from stages.backbone import boundary_layer  # noqa: E402
-from stages.finetune import build_finetune_models, compile_for_finetuning  # noqa: E402
-from stages.params import load_params  # noqa: E402
-from stages.train import build_head  # noqa: E402
+from benchmarks.run import finetune_setup, measure_finetune  # noqa: E402
 
 N = int(os.environ.get("EXPLORE_N", "1280"))
 SIZE = int(os.environ.get("EXPLORE_SIZE", "32"))
-CLASSES = 10
 
 
-def models() -> tuple[keras.Model, keras.Model, np.ndarray, np.ndarray, np.ndarray]:
-    """(trainable top on block4_pool activations, full model, images, activations, one-hot labels)."""
-    keras.utils.set_random_seed(0)
-    if os.environ.get("EXPLORE_DETERMINISM", "1") == "1":
-        tf.config.experimental.enable_op_determinism()
-    params = load_params(ROOT / "params.yaml")
-    backbone = keras.applications.VGG16(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
-    head = build_head(backbone.output.shape[1:], CLASSES, params.train)
-    boundary = boundary_layer(backbone, "block5_conv1")
-    trainable, full = build_finetune_models(backbone, head, boundary)
-    x = np.random.default_rng(0).uniform(-124, 152, (N, SIZE, SIZE, 3)).astype(np.float32)
-    y = keras.utils.to_categorical(np.random.default_rng(1).integers(0, CLASSES, N), CLASSES)
-    activations = keras.Model(backbone.input, backbone.get_layer(boundary).output).predict(x, batch_size=128, verbose=0)
-    return trainable, full, x, activations, y
+def random_images(n: int) -> np.ndarray:
+    return np.random.default_rng(0).uniform(-124, 152, (n, SIZE, SIZE, 3)).astype(np.float32)
 
 
 def epochs(batch_sizes: list[int], jit: bool) -> None:
     """Best of 3 epochs per batch size, cached and full epochs alternating, and their ratio."""
-    trainable, full, x, activations, y = models()
-    lr = load_params(ROOT / "params.yaml").lr
-    runs = {"cached": (trainable, activations), "full pass": (full, x)}
+    images = random_images(N)
     for batch in batch_sizes:
-        for model, inputs in runs.values():
-            compile_for_finetuning(model, lr)
-            model.jit_compile = jit
-            model.fit(inputs[: 2 * batch], y[: 2 * batch], batch_size=batch, epochs=1, verbose=0)  # trace
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(3):
-            for name, (model, inputs) in runs.items():
-                started = time.perf_counter()
-                model.fit(inputs, y, batch_size=batch, epochs=1, shuffle=True, verbose=0)
-                times[name].append(time.perf_counter() - started)
-        cached, full_pass = (min(t) for t in times.values())
+        cached, full_pass = measure_finetune(images, N, 3, batch, jit)
         print(f"{SIZE}x{SIZE}, batch {batch}{', XLA' if jit else ''}: cached {cached:.3f} s/epoch, "
               f"full pass {full_pass:.3f} s/epoch, speedup {full_pass / cached:.2f}x ({N} images)", flush=True)
 
 
 def step() -> None:
     """Forward, forward+backward, optimizer update and the whole step on one batch of 64."""
-    trainable, _, _, activations, y = models()
-    xa, ya = tf.constant(activations[:64]), tf.constant(y[:64])
+    trainable, _, activations, y = finetune_setup(random_images(64))
+    xa, ya = tf.constant(activations), tf.constant(y)
     variables = trainable.trainable_variables
     loss = keras.losses.CategoricalCrossentropy()
 

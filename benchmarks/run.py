@@ -19,8 +19,10 @@ VGG16 conv base, it measures in one process:
   to block4_pool) divided by one epoch of the same model on the cached boundary activations.
 
 Throughputs are the best of a few repetitions after a warm-up: other processes on the machine can
-only slow a repetition down, so the best one is the closest to what the code itself can do. The
-load other processes put on the CPUs during the run is reported as `other_cpu_load`.
+only slow a repetition down, so the best one is the closest to what the code itself can do. What is
+compared as a ratio (naive, pipeline and matmul; cached and full fine-tuning epochs) alternates
+within each round, so a slow spell of the machine hits both sides. The load other processes put on
+the CPUs during the run is reported as `other_cpu_load`.
 
 The human-readable table goes first; the very last line of stdout is one JSON object.
 """
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,13 +73,13 @@ def project_params():
     return load_params(ROOT / "params.yaml")
 
 
-def seeded_vgg16():
+def seeded_vgg16(input_shape: tuple[int, int, int] = IMAGE_SHAPE):
     import keras
 
     from stages.runtime import seed_everything
 
     seed_everything(SEED)  # what every stage does first: same weights, deterministic ops
-    return keras.applications.VGG16(weights=None, include_top=False, input_shape=IMAGE_SHAPE)
+    return keras.applications.VGG16(weights=None, include_top=False, input_shape=input_shape)
 
 
 def conv_macs_per_image(model) -> int:
@@ -103,14 +106,16 @@ def write_random_images(path: Path, n: int, seed: int) -> None:
     del out
 
 
-def best_of(fn, reps: int) -> tuple[float, list[float]]:
-    """(shortest, all) wall times of `reps` calls of fn()."""
-    times = []
+def best_of(runs: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Shortest wall time of each run over `reps` rounds; the runs alternate within each round, so a
+    slow spell of this shared machine hits all of them alike and their ratios stay fair."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times), times
+        for name, fn in runs.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: min(values) for name, values in times.items()}
 
 
 class OtherLoad:
@@ -138,7 +143,8 @@ class OtherLoad:
 
 
 # ------------------------------------------------------------------------------------------ measurements
-def measure_naive(conv_base, images: np.ndarray, reps: int) -> tuple[float, np.ndarray]:
+def naive_loop(conv_base, images: np.ndarray) -> tuple[Callable[[], None], np.ndarray]:
+    """(run, its output array): the seed-003 loop of predict() on batches of 20, warmed up."""
     n = len(images)
     out = np.empty((n, *conv_base.output.shape[1:]), np.float32)
 
@@ -147,11 +153,11 @@ def measure_naive(conv_base, images: np.ndarray, reps: int) -> tuple[float, np.n
             out[start : start + NAIVE_BATCH] = conv_base.predict(images[start : start + NAIVE_BATCH], verbose=0)
 
     conv_base.predict(images[:NAIVE_BATCH], verbose=0)  # warm-up: builds and traces predict
-    best, _ = best_of(run, reps)
-    return n / best, out
+    return run, out
 
 
-def measure_pipeline(conv_base, images_path: Path, batch_size: int, reps: int, workdir: Path) -> tuple[float, Path]:
+def pipeline_run(conv_base, images_path: Path, batch_size: int, workdir: Path) -> tuple[Callable[[], None], Path]:
+    """(run, its head-features file): the features stage's code path on a memory-mapped input, warmed up."""
     from stages.backbone import boundary_layer, split_at
     from stages.features import compile_forward, extract_features
     from stages.storage import load_array
@@ -162,21 +168,18 @@ def measure_pipeline(conv_base, images_path: Path, batch_size: int, reps: int, w
     boundary_path, head_path = workdir / "boundary.npy", workdir / "head.npy"
     # warm-up on two batches: traces the forward graph as the stage's first split would
     extract_features(bottom, top, images[: 2 * batch_size], batch_size, boundary_path, head_path, "warm-up", forward)
-    best, _ = best_of(
-        lambda: extract_features(bottom, top, images, batch_size, boundary_path, head_path, "bench", forward), reps
-    )
-    return len(images) / best, head_path
+    return lambda: extract_features(bottom, top, images, batch_size, boundary_path, head_path, "bench", forward), head_path
 
 
-def measure_ceiling(reps: int = 5) -> float:
+def matmul_run() -> Callable[[], object]:
+    """A float32 MATMUL_SIZE^2 matmul (2 * MATMUL_SIZE^3 flops), warmed up: the machine's ceiling."""
     import tensorflow as tf
 
     a = tf.random.stateless_normal((MATMUL_SIZE, MATMUL_SIZE), seed=(1, 2), dtype=tf.float32)
     b = tf.random.stateless_normal((MATMUL_SIZE, MATMUL_SIZE), seed=(3, 4), dtype=tf.float32)
     for _ in range(2):
         tf.linalg.matmul(a, b)  # warm-up: thread pools, oneDNN primitive cache
-    best, _ = best_of(lambda: tf.linalg.matmul(a, b), reps)  # eager CPU ops return once computed
-    return 2 * MATMUL_SIZE**3 / best / 1e9
+    return lambda: tf.linalg.matmul(a, b)  # eager CPU ops return once computed
 
 
 def rss_child(images_path: Path, batch_size: int, workdir: Path) -> None:
@@ -231,26 +234,37 @@ def measure_rss(n: int, batch_size: int, workdir: Path) -> dict[int, dict]:
     return results
 
 
-def measure_finetune(images: np.ndarray, n: int, reps: int, batch_size: int) -> tuple[float, float]:
-    """(seconds per epoch on cached boundary activations, seconds per epoch on images).
-
-    Each is the shortest of `reps` epochs, timed by a callback (without fit()'s own set-up) after a
-    two-step fit() that traces the train step; cached and full epochs alternate.
-    """
+def finetune_setup(x: np.ndarray):
+    """The finetune stage's models on a seeded VGG16 for images like `x`, frozen up to block4_pool:
+    (trainable part, full model, boundary activations of `x`, random one-hot labels)."""
     import keras
 
     from stages.backbone import boundary_layer
-    from stages.finetune import build_finetune_models, compile_for_finetuning
+    from stages.finetune import build_finetune_models
     from stages.train import build_head
 
-    params = project_params()
-    backbone = seeded_vgg16()
-    head = build_head(backbone.output.shape[1:], CLASSES, params.train)
+    backbone = seeded_vgg16(x.shape[1:])
+    head = build_head(backbone.output.shape[1:], CLASSES, project_params().train)
     boundary = boundary_layer(backbone, UNFREEZE_FROM)
     trainable, full = build_finetune_models(backbone, head, boundary)
-    x = np.ascontiguousarray(images[:n])
-    y = keras.utils.to_categorical(np.random.default_rng(SEED).integers(0, CLASSES, n), CLASSES)
+    y = keras.utils.to_categorical(np.random.default_rng(SEED).integers(0, CLASSES, len(x)), CLASSES)
     activations = keras.Model(backbone.input, backbone.get_layer(boundary).output).predict(x, batch_size=128, verbose=0)
+    return trainable, full, activations, y
+
+
+def measure_finetune(images: np.ndarray, n: int, reps: int, batch_size: int, jit: bool = False) -> tuple[float, float]:
+    """(seconds per epoch on cached boundary activations, seconds per epoch on images).
+
+    Each is the shortest of `reps` epochs, timed by a callback (without fit()'s own set-up) after a
+    two-step fit() that traces the train step; cached and full epochs alternate. `jit` compiles the
+    train steps with XLA.
+    """
+    import keras
+
+    from stages.finetune import compile_for_finetuning
+
+    x = np.ascontiguousarray(images[:n])
+    trainable, full, activations, y = finetune_setup(x)
 
     class EpochTimes(keras.callbacks.Callback):
         def __init__(self) -> None:
@@ -263,9 +277,11 @@ def measure_finetune(images: np.ndarray, n: int, reps: int, batch_size: int) -> 
         def on_epoch_end(self, epoch, logs=None) -> None:
             self.times.append(time.perf_counter() - self.started)
 
+    lr = project_params().lr
     runs = {"cached": (trainable, activations), "full": (full, x)}
     for model, inputs in runs.values():
-        compile_for_finetuning(model, params.lr)
+        compile_for_finetuning(model, lr)
+        model.jit_compile = jit
         warm = 2 * batch_size  # a couple of steps: traces the train step outside the timing
         model.fit(inputs[:warm], y[:warm], batch_size=batch_size, epochs=1, verbose=0)
     timers = {name: EpochTimes() for name in runs}
@@ -307,13 +323,15 @@ def main() -> None:
         macs = conv_macs_per_image(conv_base)
         gflop_per_image = 2 * macs / 1e9
 
-        naive_img_s, naive_out = measure_naive(conv_base, images, sizes["reps"])
-        pipeline_img_s, head_path = measure_pipeline(conv_base, images_path, batch_size, sizes["reps"], workdir)
+        naive, naive_out = naive_loop(conv_base, images)
+        pipeline, head_path = pipeline_run(conv_base, images_path, batch_size, workdir)
+        best = best_of({"naive": naive, "pipeline": pipeline, "ceiling": matmul_run()}, sizes["reps"])
+        naive_img_s, pipeline_img_s = len(images) / best["naive"], len(images) / best["pipeline"]
+        ceiling_gflops = 2 * MATMUL_SIZE**3 / best["ceiling"] / 1e9
         max_abs_diff = float(np.max(np.abs(np.load(head_path) - naive_out)))
         scale = float(np.max(np.abs(naive_out))) or 1.0
         if max_abs_diff > 1e-4 * scale:
             raise SystemExit(f"pipeline output differs from the plain forward pass by {max_abs_diff:g}")
-        ceiling_gflops = measure_ceiling()
         pipeline_gflops = gflop_per_image * pipeline_img_s
         rss = measure_rss(sizes["rss_n"], batch_size, workdir)
         finetune_batch = args.finetune_batch_size or project_params().finetune.batch_size
