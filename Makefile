@@ -13,7 +13,7 @@ DEMO_PARAMS := -S data.dataset=digits -S backbone.weights=none \
 # More overrides for one call, e.g. make demo DEMO_EXTRA="-S train.epochs=3"
 DEMO_EXTRA ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint format schema clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -26,8 +26,21 @@ demo: install
 	dvc exp run $(DEMO_PARAMS) $(DEMO_EXTRA)
 	dvc metrics show metrics/evaluate.json
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest
+
+# ruff (settings in pyproject.toml): lint and formatting are checked before every test run.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# params.schema.json, the JSON Schema of params.yaml that editors read, from tlpipe/params.py.
+schema: install
+	$(BIN)/python -c "from tlpipe.params import write_schema; write_schema()"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

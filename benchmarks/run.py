@@ -1,4 +1,5 @@
-"""Benchmark of the `features` stage (issue 3: fast, memory-bounded feature extraction).
+"""Acceptance benchmark of the `features` stage (fast, memory-bounded) and of fine-tuning from its
+cache.
 
 Run from the repository root:
 
@@ -9,7 +10,7 @@ VGG16 conv base, it measures in one process:
 
 - naive_img_s: the textbook way, a Python loop of `conv_base.predict(batch)` on batches of 20
   copied into a preallocated array;
-- pipeline_img_s: `stages.features.extract_features` (bottom/top split at block4_pool, input a
+- pipeline_img_s: `tlpipe.features.extract_features` (bottom/top split at block4_pool, input a
   memory-mapped .npy as the stage reads it, both outputs streamed to .npy in a temporary folder);
 - ceiling_gflops: float32 4096x4096 matmul throughput in TensorFlow, and efficiency = the
   pipeline's GFLOP/s (conv MACs per image x 2 x img/s) divided by that ceiling;
@@ -44,8 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up banner off the table
-os.environ.setdefault("TQDM_DISABLE", "1")  # the stage's progress bars would interleave with the table
+os.environ.setdefault(
+    "TF_CPP_MIN_LOG_LEVEL", "2"
+)  # keep TensorFlow's start-up banner off the table
+os.environ.setdefault(
+    "TQDM_DISABLE", "1"
+)  # the stage's progress bars would interleave with the table
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
@@ -65,10 +70,10 @@ MODES = {
 }
 
 
-# --------------------------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------------------ helpers
 def project_params():
     """The project's params.yaml, validated as the stages read it."""
-    from stages.params import load_params
+    from tlpipe.params import load_params
 
     return load_params(ROOT / "params.yaml")
 
@@ -76,7 +81,7 @@ def project_params():
 def seeded_vgg16(input_shape: tuple[int, int, int] = IMAGE_SHAPE):
     import keras
 
-    from stages.runtime import seed_everything
+    from tlpipe.runtime import seed_everything
 
     seed_everything(SEED)  # what every stage does first: same weights, deterministic ops
     return keras.applications.VGG16(weights=None, include_top=False, input_shape=input_shape)
@@ -101,7 +106,9 @@ def write_random_images(path: Path, n: int, seed: int) -> None:
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, *IMAGE_SHAPE))
     for start in range(0, n, 2048):
         stop = min(start + 2048, n)
-        out[start:stop] = rng.uniform(-124.0, 152.0, size=(stop - start, *IMAGE_SHAPE)).astype(np.float32)
+        out[start:stop] = rng.uniform(-124.0, 152.0, size=(stop - start, *IMAGE_SHAPE)).astype(
+            np.float32
+        )
     out.flush()
     del out
 
@@ -130,7 +137,14 @@ class OtherLoad:
     @staticmethod
     def _machine_busy() -> float:
         t = psutil.cpu_times()
-        return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+        return (
+            t.user
+            + t.nice
+            + t.system
+            + getattr(t, "irq", 0)
+            + getattr(t, "softirq", 0)
+            + getattr(t, "steal", 0)
+        )
 
     def _own_cpu(self) -> float:
         t = self.me.cpu_times()
@@ -142,7 +156,7 @@ class OtherLoad:
         return max(other, 0.0) / max(wall, 1e-9)
 
 
-# ------------------------------------------------------------------------------------------ measurements
+# ------------------------------------------------------------------------------------- measurements
 def naive_loop(conv_base, images: np.ndarray) -> tuple[Callable[[], None], np.ndarray]:
     """(run, its output array): the seed-003 loop of predict() on batches of 20, warmed up."""
     n = len(images)
@@ -150,29 +164,42 @@ def naive_loop(conv_base, images: np.ndarray) -> tuple[Callable[[], None], np.nd
 
     def run() -> None:
         for start in range(0, n, NAIVE_BATCH):
-            out[start : start + NAIVE_BATCH] = conv_base.predict(images[start : start + NAIVE_BATCH], verbose=0)
+            out[start : start + NAIVE_BATCH] = conv_base.predict(
+                images[start : start + NAIVE_BATCH], verbose=0
+            )
 
     conv_base.predict(images[:NAIVE_BATCH], verbose=0)  # warm-up: builds and traces predict
     return run, out
 
 
-def pipeline_run(conv_base, images_path: Path, batch_size: int, workdir: Path) -> tuple[Callable[[], None], Path]:
-    """(run, its head-features file): the features stage's code path on a memory-mapped input, warmed up."""
-    from stages.backbone import boundary_layer, split_at
-    from stages.features import compile_forward, extract_features
-    from stages.storage import load_array
+def pipeline_run(
+    conv_base, images_path: Path, batch_size: int, workdir: Path
+) -> tuple[Callable[[], None], Path]:
+    """(run, its head-features file): the features stage's code path on a memory-mapped input,
+    warmed up."""
+    from tlpipe.backbone import boundary_layer, split_at
+    from tlpipe.features import compile_forward, extract_features
+    from tlpipe.storage import load_array
 
     bottom, top = split_at(conv_base, boundary_layer(conv_base, UNFREEZE_FROM))
     forward = compile_forward(bottom, top)  # compiled once, as the stage does for its three splits
     images = load_array(images_path)  # memory-mapped, as the stage reads data/prepared/*.npy
     boundary_path, head_path = workdir / "boundary.npy", workdir / "head.npy"
     # warm-up on two batches: traces the forward graph as the stage's first split would
-    extract_features(bottom, top, images[: 2 * batch_size], batch_size, boundary_path, head_path, "warm-up", forward)
-    return lambda: extract_features(bottom, top, images, batch_size, boundary_path, head_path, "bench", forward), head_path
+    outputs = {"boundary_path": boundary_path, "head_path": head_path, "forward": forward}
+    extract_features(
+        bottom, top, images[: 2 * batch_size], batch_size=batch_size, label="warm-up", **outputs
+    )
+
+    def run() -> None:
+        extract_features(bottom, top, images, batch_size=batch_size, label="bench", **outputs)
+
+    return run, head_path
 
 
 def matmul_run() -> Callable[[], object]:
-    """A float32 MATMUL_SIZE^2 matmul (2 * MATMUL_SIZE^3 flops), warmed up: the machine's ceiling."""
+    """A float32 MATMUL_SIZE^2 matmul (2 * MATMUL_SIZE^3 flops), warmed up: the machine's
+    ceiling."""
     import tensorflow as tf
 
     a = tf.random.stateless_normal((MATMUL_SIZE, MATMUL_SIZE), seed=(1, 2), dtype=tf.float32)
@@ -183,17 +210,35 @@ def matmul_run() -> Callable[[], object]:
 
 
 def rss_child(images_path: Path, batch_size: int, workdir: Path) -> None:
-    """Child mode: run the features code path on a memory-mapped file, print own peak RSS as JSON."""
-    from stages.backbone import boundary_layer, split_at
-    from stages.features import extract_features
-    from stages.storage import load_array
+    """Child mode: run the features code path on a memory-mapped file, print own peak RSS as
+    JSON."""
+    from tlpipe.backbone import boundary_layer, split_at
+    from tlpipe.features import extract_features
+    from tlpipe.storage import load_array
 
     conv_base = seeded_vgg16()
     bottom, top = split_at(conv_base, boundary_layer(conv_base, UNFREEZE_FROM))
     images = load_array(images_path)
     before = psutil.Process().memory_info().rss
-    rate = extract_features(bottom, top, images, batch_size, workdir / "boundary.npy", workdir / "head.npy", "rss")
-    print(json.dumps({"n": len(images), "peak_rss_mb": peak_rss_mb(), "rss_before_mb": before / 2**20, "img_s": rate}))
+    rate = extract_features(
+        bottom,
+        top,
+        images,
+        batch_size=batch_size,
+        boundary_path=workdir / "boundary.npy",
+        head_path=workdir / "head.npy",
+        label="rss",
+    )
+    print(
+        json.dumps(
+            {
+                "n": len(images),
+                "peak_rss_mb": peak_rss_mb(),
+                "rss_before_mb": before / 2**20,
+                "img_s": rate,
+            }
+        )
+    )
 
 
 def peak_rss_mb() -> float:
@@ -220,9 +265,20 @@ def measure_rss(n: int, batch_size: int, workdir: Path) -> dict[int, dict]:
         outdir = workdir / f"rss_out_{count}"
         outdir.mkdir()
         done = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--rss-child", str(images_path),
-             "--batch-size", str(batch_size), "--workdir", str(outdir)],
-            capture_output=True, text=True, cwd=ROOT, env=os.environ.copy(),
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--rss-child",
+                str(images_path),
+                "--batch-size",
+                str(batch_size),
+                "--workdir",
+                str(outdir),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=os.environ.copy(),
         )
         if done.returncode != 0:
             sys.stderr.write(done.stderr)
@@ -239,29 +295,32 @@ def finetune_setup(x: np.ndarray):
     (trainable part, full model, boundary activations of `x`, random one-hot labels)."""
     import keras
 
-    from stages.backbone import boundary_layer
-    from stages.finetune import build_finetune_models
-    from stages.train import build_head
+    from tlpipe.backbone import boundary_layer
+    from tlpipe.training import build_finetune_models, build_head
 
     backbone = seeded_vgg16(x.shape[1:])
-    head = build_head(backbone.output.shape[1:], CLASSES, project_params().train)
+    train = project_params().train
+    head = build_head(backbone.output.shape[1:], CLASSES, units=train.units, dropout=train.dropout)
     boundary = boundary_layer(backbone, UNFREEZE_FROM)
     trainable, full = build_finetune_models(backbone, head, boundary)
-    y = keras.utils.to_categorical(np.random.default_rng(SEED).integers(0, CLASSES, len(x)), CLASSES)
-    activations = keras.Model(backbone.input, backbone.get_layer(boundary).output).predict(x, batch_size=128, verbose=0)
+    y = keras.utils.to_categorical(
+        np.random.default_rng(SEED).integers(0, CLASSES, len(x)), CLASSES
+    )
+    activations = keras.Model(backbone.input, backbone.get_layer(boundary).output).predict(
+        x, batch_size=128, verbose=0
+    )
     return trainable, full, activations, y
 
 
-def measure_finetune(images: np.ndarray, n: int, reps: int, batch_size: int, jit: bool = False) -> tuple[float, float]:
+def measure_finetune(images: np.ndarray, n: int, reps: int, batch_size: int) -> tuple[float, float]:
     """(seconds per epoch on cached boundary activations, seconds per epoch on images).
 
     Each is the shortest of `reps` epochs, timed by a callback (without fit()'s own set-up) after a
-    two-step fit() that traces the train step; cached and full epochs alternate. `jit` compiles the
-    train steps with XLA.
+    two-step fit() that traces the train step; cached and full epochs alternate.
     """
     import keras
 
-    from stages.finetune import compile_for_finetuning
+    from tlpipe.training import compile_classifier
 
     x = np.ascontiguousarray(images[:n])
     trainable, full, activations, y = finetune_setup(x)
@@ -280,25 +339,40 @@ def measure_finetune(images: np.ndarray, n: int, reps: int, batch_size: int, jit
     lr = project_params().lr
     runs = {"cached": (trainable, activations), "full": (full, x)}
     for model, inputs in runs.values():
-        compile_for_finetuning(model, lr)
-        model.jit_compile = jit
+        compile_classifier(model, lr)
         warm = 2 * batch_size  # a couple of steps: traces the train step outside the timing
         model.fit(inputs[:warm], y[:warm], batch_size=batch_size, epochs=1, verbose=0)
     timers = {name: EpochTimes() for name in runs}
     for _ in range(reps):  # alternate, so that a slow spell of the machine hits both alike
         for name, (model, inputs) in runs.items():
-            model.fit(inputs, y, batch_size=batch_size, epochs=1, shuffle=True, verbose=0, callbacks=[timers[name]])
+            model.fit(
+                inputs,
+                y,
+                batch_size=batch_size,
+                epochs=1,
+                shuffle=True,
+                verbose=0,
+                callbacks=[timers[name]],
+            )
     cached, full_pass = (min(timers[name].times) for name in runs)
     return cached, full_pass
 
 
-# ------------------------------------------------------------------------------------------------ main
+# --------------------------------------------------------------------------------------------- main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes; finishes in under 3 minutes")
-    parser.add_argument("--batch-size", type=int, default=None, help="features batch size (default: params.yaml)")
-    parser.add_argument("--finetune-batch-size", type=int, default=None,
-                        help="fine-tuning batch size (default: params.yaml)")
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes; finishes in under 3 minutes"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="features batch size (default: params.yaml)"
+    )
+    parser.add_argument(
+        "--finetune-batch-size",
+        type=int,
+        default=None,
+        help="fine-tuning batch size (default: params.yaml)",
+    )
     parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -325,17 +399,23 @@ def main() -> None:
 
         naive, naive_out = naive_loop(conv_base, images)
         pipeline, head_path = pipeline_run(conv_base, images_path, batch_size, workdir)
-        best = best_of({"naive": naive, "pipeline": pipeline, "ceiling": matmul_run()}, sizes["reps"])
+        best = best_of(
+            {"naive": naive, "pipeline": pipeline, "ceiling": matmul_run()}, sizes["reps"]
+        )
         naive_img_s, pipeline_img_s = len(images) / best["naive"], len(images) / best["pipeline"]
         ceiling_gflops = 2 * MATMUL_SIZE**3 / best["ceiling"] / 1e9
         max_abs_diff = float(np.max(np.abs(np.load(head_path) - naive_out)))
         scale = float(np.max(np.abs(naive_out))) or 1.0
         if max_abs_diff > 1e-4 * scale:
-            raise SystemExit(f"pipeline output differs from the plain forward pass by {max_abs_diff:g}")
+            raise SystemExit(
+                f"pipeline output differs from the plain forward pass by {max_abs_diff:g}"
+            )
         pipeline_gflops = gflop_per_image * pipeline_img_s
         rss = measure_rss(sizes["rss_n"], batch_size, workdir)
         finetune_batch = args.finetune_batch_size or project_params().finetune.batch_size
-        cached_s, full_s = measure_finetune(images, sizes["finetune_n"], sizes["finetune_reps"], finetune_batch)
+        cached_s, full_s = measure_finetune(
+            images, sizes["finetune_n"], sizes["finetune_reps"], finetune_batch
+        )
 
     rss_1x, rss_10x = (rss[k]["peak_rss_mb"] for k in sorted(rss))
     result = {
@@ -367,24 +447,53 @@ def main() -> None:
 
     rows = [
         ("naive loop, predict() x batch 20", f"{naive_img_s:8.1f} img/s", ""),
-        (f"features stage path, batch {batch_size}", f"{pipeline_img_s:8.1f} img/s",
-         f"{result['speedup_vs_naive']:.2f}x naive (target >= 2.5)"),
-        ("conv base work per image", f"{gflop_per_image:8.3f} GFLOP", f"{macs:,} MACs from Conv2D layers"),
+        (
+            f"features stage path, batch {batch_size}",
+            f"{pipeline_img_s:8.1f} img/s",
+            f"{result['speedup_vs_naive']:.2f}x naive (target >= 2.5)",
+        ),
+        (
+            "conv base work per image",
+            f"{gflop_per_image:8.3f} GFLOP",
+            f"{macs:,} MACs from Conv2D layers",
+        ),
         ("pipeline compute rate", f"{pipeline_gflops:8.1f} GFLOP/s", ""),
-        (f"ceiling: fp32 matmul {MATMUL_SIZE}^2", f"{ceiling_gflops:8.1f} GFLOP/s",
-         f"efficiency {result['efficiency']:.3f} (target >= 0.75)"),
-        (f"peak RSS, {sizes['rss_n']} images", f"{rss_1x:8.1f} MB",
-         f"{rss[sizes['rss_n']]['rss_before_mb']:.0f} MB before extracting"),
-        (f"peak RSS, {10 * sizes['rss_n']} images", f"{rss_10x:8.1f} MB",
-         f"ratio {result['rss_ratio']:.3f} (target <= 1.3); "
-         f"{rss[10 * sizes['rss_n']]['rss_before_mb']:.0f} MB before extracting"),
-        ("finetune epoch, cached activations", f"{cached_s:8.2f} s", f"{sizes['finetune_n']} images, batch {finetune_batch}"),
-        ("finetune epoch, full forward pass", f"{full_s:8.2f} s",
-         f"speedup {result['finetune_epoch_speedup']:.2f}x (target >= 3)"),
-        ("other processes' CPU load", f"{result['other_cpu_load']:8.2f} CPUs", "0 = machine to ourselves"),
+        (
+            f"ceiling: fp32 matmul {MATMUL_SIZE}^2",
+            f"{ceiling_gflops:8.1f} GFLOP/s",
+            f"efficiency {result['efficiency']:.3f} (target >= 0.75)",
+        ),
+        (
+            f"peak RSS, {sizes['rss_n']} images",
+            f"{rss_1x:8.1f} MB",
+            f"{rss[sizes['rss_n']]['rss_before_mb']:.0f} MB before extracting",
+        ),
+        (
+            f"peak RSS, {10 * sizes['rss_n']} images",
+            f"{rss_10x:8.1f} MB",
+            f"ratio {result['rss_ratio']:.3f} (target <= 1.3); "
+            f"{rss[10 * sizes['rss_n']]['rss_before_mb']:.0f} MB before extracting",
+        ),
+        (
+            "finetune epoch, cached activations",
+            f"{cached_s:8.2f} s",
+            f"{sizes['finetune_n']} images, batch {finetune_batch}",
+        ),
+        (
+            "finetune epoch, full forward pass",
+            f"{full_s:8.2f} s",
+            f"speedup {result['finetune_epoch_speedup']:.2f}x (target >= 3)",
+        ),
+        (
+            "other processes' CPU load",
+            f"{result['other_cpu_load']:8.2f} CPUs",
+            "0 = machine to ourselves",
+        ),
     ]
-    print(f"features benchmark ({mode}): {sizes['n_images']} images 32x32x3, VGG16 random weights, "
-          f"TF {tf.__version__}, {os.cpu_count()} CPUs, best of {sizes['reps']} after warm-up")
+    print(
+        f"features benchmark ({mode}): {sizes['n_images']} images 32x32x3, VGG16 random weights, "
+        f"TF {tf.__version__}, {os.cpu_count()} CPUs, best of {sizes['reps']} after warm-up"
+    )
     width = max(len(r[0]) for r in rows)
     for name, value, note in rows:
         print(f"  {name:<{width}}  {value:>16}  {note}")

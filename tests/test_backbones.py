@@ -6,41 +6,49 @@ import keras
 import numpy as np
 import pytest
 
-from stages.backbone import BACKBONES, boundary_layer, build_conv_base, split_at, to_backbone_input
-from stages.features import extract_features
-from stages.finetune import build_finetune_models
-from stages.params import BACKBONE_NAMES, DEFAULT_UNFREEZE_FROM, BackboneParams, TrainParams, parse_params
-from stages.runtime import seed_everything
-from stages.storage import load_array
-from stages.train import build_head
-from tests.test_params import with_value
+from tests.helpers import params_with
+from tlpipe.backbone import BACKBONES, boundary_layer, build_conv_base, split_at
+from tlpipe.features import extract_features
+from tlpipe.images import to_backbone_input
+from tlpipe.params import parse_params
+from tlpipe.runtime import seed_everything
+from tlpipe.storage import load_array
+from tlpipe.training import build_finetune_models, build_head
 
 
 def test_every_backbone_named_in_params_is_buildable():
-    assert tuple(BACKBONES) == BACKBONE_NAMES
-    for name in BACKBONE_NAMES:
-        raw = with_value("backbone.name", name)
-        assert parse_params(raw).finetune.unfreeze_from == DEFAULT_UNFREEZE_FROM[name]
+    for name, spec in BACKBONES.items():
+        raw = params_with("backbone.name", name)
+        assert parse_params(raw).finetune.unfreeze_from == spec.last_block
 
 
-@pytest.mark.parametrize("name", BACKBONE_NAMES)
+@pytest.mark.parametrize("name", BACKBONES)
 def test_backbone_offline_run_on_tiny_data(name, tmp_path):
     seed_everything(0)
     rng = np.random.default_rng(0)
-    raw = rng.integers(0, 256, size=(12, 20, 20, 1), dtype=np.uint8)  # grey, smaller than the input size
+    raw = rng.integers(
+        0, 256, size=(12, 20, 20, 1), dtype=np.uint8
+    )  # grey, smaller than the input size
     x = to_backbone_input(raw, 32, name)
     assert x.shape == (12, 32, 32, 3) and np.isfinite(x).all()
     y = keras.utils.to_categorical(np.arange(12) % 3, 3)
 
-    base = build_conv_base(BackboneParams(name=name, weights="none"), 32)
-    boundary = boundary_layer(base, DEFAULT_UNFREEZE_FROM[name])
+    base = build_conv_base(name, "none", image_size=32)
+    boundary = boundary_layer(base, BACKBONES[name].last_block)
     bottom, top = split_at(base, boundary)
     np.save(tmp_path / "x.npy", x)
-    extract_features(bottom, top, np.load(tmp_path / "x.npy", mmap_mode="r"), 5,
-                     tmp_path / "boundary.npy", tmp_path / "head.npy", name)
+    extract_features(
+        bottom,
+        top,
+        np.load(tmp_path / "x.npy", mmap_mode="r"),
+        batch_size=5,
+        boundary_path=tmp_path / "boundary.npy",
+        head_path=tmp_path / "head.npy",
+        label=name,
+    )
     cached, features = load_array(tmp_path / "boundary.npy"), load_array(tmp_path / "head.npy")
 
-    head = build_head(features.shape[1:], 3, TrainParams(1, 4, 1e-3, 8, 0.5, 1))
+    head = build_head(features.shape[1:], 3, units=8, dropout=0.5)
     head.compile(optimizer="rmsprop", loss="categorical_crossentropy")
     head.fit(features, y, epochs=1, batch_size=4, verbose=0)
     trainable, full = build_finetune_models(base, head, boundary)
@@ -48,5 +56,7 @@ def test_backbone_offline_run_on_tiny_data(name, tmp_path):
     history = trainable.fit(cached, y, epochs=1, batch_size=4, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     # The model trained on cached activations is the full image model, BatchNorm included.
-    np.testing.assert_allclose(full.predict(x, verbose=0), trainable.predict(cached, verbose=0), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        full.predict(x, verbose=0), trainable.predict(cached, verbose=0), rtol=1e-3, atol=1e-5
+    )
     assert not any(layer.trainable for layer in bottom.layers)

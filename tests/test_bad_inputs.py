@@ -27,7 +27,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import OFFLINE, REPO, SHIPPED_PARAMS, VENV_BIN, copy_project, run, set_param
+from tests.helpers import OFFLINE, REPO, SHIPPED_PARAMS, VENV_BIN, copy_project, run, set_param
 
 DELETE = object()  # as a value in a params change: remove the key
 SPLITS = ("train", "val", "test")
@@ -38,8 +38,10 @@ WORKERS = max(2, min(4, os.cpu_count() or 2))  # rows run concurrently, each in 
 
 # --- building inputs -----------------------------------------------------------------------------
 
+
 def write_params(root: Path, changes: dict[str, object] | None = None) -> None:
-    """The project's params.yaml on the offline config, with `changes` ({"train.epochs": 3}) applied."""
+    """The project's params.yaml on the offline config, with `changes` ({"train.epochs": 3})
+    applied."""
     params = yaml.safe_load(SHIPPED_PARAMS)
     params["data"]["dataset"], params["backbone"]["weights"] = "digits", "none"
     for dotted, value in (changes or {}).items():
@@ -55,7 +57,9 @@ def stage(name: str) -> list[str]:
     return [PYTHON, "-m", f"stages.{name}"]
 
 
-def save_images(folder: Path, count: int, size: tuple[int, int] = (8, 8), mode: str = "RGB", seed: int = 0) -> None:
+def save_images(
+    folder: Path, count: int, size: tuple[int, int] = (8, 8), mode: str = "RGB", seed: int = 0
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
@@ -69,14 +73,18 @@ def two_classes(root: Path, cats: int = 5, dogs: int = 5) -> None:
 
 
 def write_prepared(root: Path, sizes: tuple[int, ...] = (12, 4, 4), image_size: int = 32) -> None:
-    """A tiny data/prepared/ (two classes) as `prepare` writes it, plus the data/raw/ it came from."""
+    """A tiny data/prepared/ (two classes) as `prepare` writes it, plus the data/raw/ it came
+    from."""
     rng = np.random.default_rng(0)
     prepared, raw = root / "data/prepared", root / "data/raw"
     prepared.mkdir(parents=True)
     raw.mkdir(parents=True)
-    for split, count in zip(SPLITS, sizes):
+    for split, count in zip(SPLITS, sizes, strict=True):
         labels = np.arange(count) % 2
-        np.save(prepared / f"{split}_x.npy", rng.normal(0, 60, (count, image_size, image_size, 3)).astype(np.float32))
+        np.save(
+            prepared / f"{split}_x.npy",
+            rng.normal(0, 60, (count, image_size, image_size, 3)).astype(np.float32),
+        )
         np.save(prepared / f"{split}_y.npy", np.eye(2, dtype=np.float32)[labels])
         np.save(prepared / f"{split}_index.npy", np.arange(count))
     (prepared / "classes.json").write_text(json.dumps(["a", "b"]))
@@ -115,10 +123,12 @@ class Assets:
         path = self.folder / "tiny.keras"
         script = (
             "import sys, keras\n"
-            "from stages.storage import save_model\n"
+            "from tlpipe.storage import save_model\n"
             "keras.utils.set_random_seed(0)\n"
-            "save_model(keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3, strides=4),\n"
-            "    keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation='softmax')]), sys.argv[1])\n"
+            "save_model(keras.Sequential([keras.Input((32, 32, 3)), "
+            "keras.layers.Conv2D(4, 3, strides=4),\n"
+            "    keras.layers.GlobalAveragePooling2D(), "
+            "keras.layers.Dense(2, activation='softmax')]), sys.argv[1])\n"
         )
         run([PYTHON, "-c", script, str(path)], REPO)
         return path
@@ -127,12 +137,16 @@ class Assets:
         """models/model.keras and models/model.json as `finetune` leaves them."""
         (root / "models").mkdir(parents=True, exist_ok=True)
         (root / "models/model.keras").write_bytes(self.model.read_bytes())
-        (root / "models/model.json").write_text(json.dumps({"backbone": "vgg16", "image_size": 32, "classes": list(classes)}))
+        (root / "models/model.json").write_text(
+            json.dumps({"backbone": "vgg16", "image_size": 32, "classes": list(classes)})
+        )
 
 
 # --- the table -----------------------------------------------------------------------------------
 
-Setup = Callable[[Path, Assets], list[str]]  # writes the inputs into an empty folder; returns the command
+Setup = Callable[
+    [Path, Assets], list[str]
+]  # writes the inputs into an empty folder; returns the command
 
 
 @dataclass(frozen=True)
@@ -144,8 +158,11 @@ class Case:
     check: Callable[[Path, subprocess.CompletedProcess], None] | None = None  # further assertions
 
 
-def params_case(id: str, changes: dict[str, object], *expect: str, ok: bool = False, check=None) -> Case:
-    """A params.yaml change, checked by the first stage (download: params are validated up front)."""
+def params_case(
+    id: str, changes: dict[str, object], *expect: str, ok: bool = False, check=None
+) -> Case:
+    """A params.yaml change, checked by the first stage (download: params are validated up
+    front)."""
 
     def setup(root: Path, assets: Assets) -> list[str]:
         write_params(root, changes)
@@ -165,8 +182,14 @@ def params_text_case(id: str, content: bytes | None, *expect: str) -> Case:
     return Case(id, setup, expect)
 
 
-def folder_case(id: str, build: Callable[[Path], None], *expect: str, ok: bool = False,
-                changes: dict[str, object] | None = None, check=None) -> Case:
+def folder_case(
+    id: str,
+    build: Callable[[Path], None],
+    *expect: str,
+    ok: bool = False,
+    changes: dict[str, object] | None = None,
+    check=None,
+) -> Case:
     """data.dataset: ./photos, a folder of class folders made by `build`, read by `download`."""
 
     def setup(root: Path, assets: Assets) -> list[str]:
@@ -178,8 +201,13 @@ def folder_case(id: str, build: Callable[[Path], None], *expect: str, ok: bool =
     return Case(id, setup, expect, ok=ok, check=check)
 
 
-def prepared_case(id: str, command: str, damage: Callable[[Path, Assets], None], *expect: str,
-                  changes: dict[str, object] | None = None) -> Case:
+def prepared_case(
+    id: str,
+    command: str,
+    damage: Callable[[Path, Assets], None],
+    *expect: str,
+    changes: dict[str, object] | None = None,
+) -> Case:
     """A tiny prepared dataset from an earlier run, damaged, then stage `command`."""
 
     def setup(root: Path, assets: Assets) -> list[str]:
@@ -206,6 +234,7 @@ def tlpipe_case(id: str, setup: Setup, *expect: str, check=None) -> Case:
 
 
 # Folder builders
+
 
 def with_unreadable_images(photos: Path) -> None:
     two_classes(photos)
@@ -271,6 +300,7 @@ def raw_shape(shape: tuple[int, ...], classes: list[str], warned: bool):
 
 # Setups for rows that need more than a folder or params
 
+
 def params_is_a_folder(root: Path, assets: Assets) -> list[str]:
     (root / "params.yaml").mkdir()
     return stage("download")
@@ -289,12 +319,16 @@ def truncated_head_features(root: Path, assets: Assets) -> None:
 
 
 def val_x_from_another_run(root: Path, assets: Assets) -> None:
-    np.save(root / "data/prepared/val_x.npy", np.zeros((4, 48, 48, 3), np.float32))  # prepare.image_size was 48
+    np.save(
+        root / "data/prepared/val_x.npy", np.zeros((4, 48, 48, 3), np.float32)
+    )  # prepare.image_size was 48
 
 
 def head_features_from_another_run(root: Path, assets: Assets) -> None:
     (root / "data/features/head").mkdir(parents=True)
-    np.save(root / "data/features/head/train.npy", np.ones((7, 512), np.float32))  # data.limit was smaller
+    np.save(
+        root / "data/features/head/train.npy", np.ones((7, 512), np.float32)
+    )  # data.limit was smaller
     np.save(root / "data/features/head/val.npy", np.ones((4, 512), np.float32))
 
 
@@ -314,7 +348,9 @@ def too_few_for_a_stratified_split(root: Path, assets: Assets) -> list[str]:
 def pickled_raw_images(root: Path, assets: Assets) -> list[str]:
     write_params(root)
     write_prepared(root)
-    np.save(root / "data/raw/train_images.npy", np.array([RunsCode()], dtype=object), allow_pickle=True)
+    np.save(
+        root / "data/raw/train_images.npy", np.array([RunsCode()], dtype=object), allow_pickle=True
+    )
     return stage("prepare")
 
 
@@ -357,7 +393,9 @@ def others_classified(root: Path, result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3, result.stdout
-    assert all(re.match(r"new/\S+\.png\t(cats|dogs)\t[01]\.\d{4}$", line) for line in lines), result.stdout
+    assert all(re.match(r"new/\S+\.png\t(cats|dogs)\t[01]\.\d{4}$", line) for line in lines), (
+        result.stdout
+    )
 
 
 def summary_of_truncated_model(root: Path, assets: Assets) -> list[str]:
@@ -369,7 +407,9 @@ def summary_of_truncated_model(root: Path, assets: Assets) -> list[str]:
 def summary_of_unknown_layer(root: Path, assets: Assets) -> list[str]:
     (root / "models").mkdir()
     with zipfile.ZipFile(root / "models/model.keras", "w") as archive:
-        archive.writestr("config.json", json.dumps({"module": "mylib", "class_name": "MyNet", "config": {}}))
+        archive.writestr(
+            "config.json", json.dumps({"module": "mylib", "class_name": "MyNet", "config": {}})
+        )
         archive.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
     return [TLPIPE, "summary"]
 
@@ -383,105 +423,357 @@ def downloaded(root: Path, result: subprocess.CompletedProcess) -> None:
     assert "download: digits: 1797 train" in result.stdout
 
 
-NOT_FOLDER = r"which is not a folder; use a tensorflow-datasets name \(e\.g\. cifar10\), 'digits', or a folder"
+NOT_FOLDER = (
+    r"which is not a folder; use a tensorflow-datasets name \(e\.g\. cifar10\), "
+    r"'digits', or a folder"
+)
 RERUN = r"; delete it and run `dvc repro` again$"
 CASES = [
     # params.yaml as a file
-    params_text_case("yaml-syntax", b"seed: 42\nlr: [1e-5\n", r"^error: params\.yaml is not valid YAML \(line 3\)"),
-    params_text_case("not-utf8", b"seed: 42  # caf\xe9\n", r"^error: params\.yaml is not UTF-8 text \(byte 0xe9 on line 1\); save it as UTF-8$"),
-    params_text_case("no-params-file", None, r"^error: params\.yaml not found: run the pipeline from the project's top folder$"),
-    params_text_case("empty-params-file", b"", r"^error: params\.yaml: got None; expected a mapping with keys seed, lr, data, "),
-    params_text_case("params-a-list", b"- seed\n- lr\n", r"^error: params\.yaml: got \['seed', 'lr'\]; expected a mapping with keys seed, lr, "),
-    Case("params-is-a-folder", params_is_a_folder, (r"^error: params\.yaml cannot be read \(Is a directory\); expected a YAML file$",)),
+    params_text_case(
+        "yaml-syntax",
+        b"seed: 42\nlr: [1e-5\n",
+        r"^error: params\.yaml is not valid YAML \(line 3\)",
+    ),
+    params_text_case(
+        "not-utf8",
+        b"seed: 42  # caf\xe9\n",
+        r"^error: params\.yaml is not UTF-8 text \(byte 0xe9 on line 1\); save it as UTF-8$",
+    ),
+    params_text_case(
+        "no-params-file",
+        None,
+        r"^error: params\.yaml not found: run the pipeline from the project's top folder$",
+    ),
+    params_text_case(
+        "empty-params-file",
+        b"",
+        r"^error: params\.yaml: got None; expected a mapping with keys seed, lr, data, ",
+    ),
+    params_text_case(
+        "params-a-list",
+        b"- seed\n- lr\n",
+        r"^error: params\.yaml: got \['seed', 'lr'\]; expected a mapping with keys seed, lr, ",
+    ),
+    Case(
+        "params-is-a-folder",
+        params_is_a_folder,
+        (r"^error: params\.yaml cannot be read \(Is a directory\); expected a YAML file$",),
+    ),
     # keys and types
-    params_case("section-not-a-mapping", {"train": 5}, r"^error: train: got 5; expected a mapping with keys epochs, batch_size, lr, "),
-    params_case("unknown-key", {"train.epocs": 3}, r"^error: train\.epocs: unknown key; train allows epochs, batch_size, lr, units, dropout, patience$"),
-    params_case("missing-key", {"train.patience": DELETE}, r"^error: train\.patience: missing from params\.yaml$"),
-    params_case("string-for-int", {"train.epochs": "ten"}, r"^error: train\.epochs: got 'ten'; expected an integer >= 1$"),
-    params_case("float-for-int", {"train.units": 2.5}, r"^error: train\.units: got 2\.5; expected an integer >= 1$"),
-    params_case("bool-for-int", {"train.batch_size": True}, r"^error: train\.batch_size: got True; expected an integer >= 1 and <= 4096$"),
+    params_case(
+        "section-not-a-mapping",
+        {"train": 5},
+        r"^error: train: got 5; expected a mapping with keys epochs, batch_size, lr, ",
+    ),
+    params_case(
+        "unknown-key",
+        {"train.epocs": 3},
+        r"^error: train\.epocs: unknown key; "
+        r"train allows epochs, batch_size, lr, units, dropout, patience$",
+    ),
+    params_case(
+        "missing-key",
+        {"train.patience": DELETE},
+        r"^error: train\.patience: missing from params\.yaml$",
+    ),
+    params_case(
+        "string-for-int",
+        {"train.epochs": "ten"},
+        r"^error: train\.epochs: got 'ten'; expected an integer >= 1$",
+    ),
+    params_case(
+        "float-for-int",
+        {"train.units": 2.5},
+        r"^error: train\.units: got 2\.5; expected an integer >= 1$",
+    ),
+    params_case(
+        "bool-for-int",
+        {"train.batch_size": True},
+        r"^error: train\.batch_size: got True; expected an integer >= 1 and <= 4096$",
+    ),
     params_case("negative-seed", {"seed": -1}, r"^error: seed: got -1; expected an integer >= 0$"),
-    params_case("string-for-float", {"lr": "fast"}, r"^error: lr: got 'fast'; expected a number > 0\.0 and <= 1\.0$"),
-    params_case("lr-above-one", {"lr": 5}, r"^error: lr: got 5; expected a number > 0\.0 and <= 1\.0$"),
-    params_case("lr-nan", {"lr": float("nan")}, r"^error: lr: got nan; expected a number > 0\.0 and <= 1\.0$"),
-    params_case("batch-size-zero", {"features.batch_size": 0}, r"^error: features\.batch_size: got 0; expected an integer >= 1 and <= 4096$"),
-    params_case("limit-one", {"data.limit": 1}, r"^error: data\.limit: got 1; expected an integer >= 2 or null$"),
-    params_case("augment-not-bool", {"finetune.augment": "maybe"}, r"^error: finetune\.augment: got 'maybe'; expected true or false$"),
-    params_case("dropout-one", {"train.dropout": 1}, r"^error: train\.dropout: got 1; expected a number >= 0\.0 and < 1\.0$"),
+    params_case(
+        "string-for-float",
+        {"lr": "fast"},
+        r"^error: lr: got 'fast'; expected a number > 0\.0 and <= 1\.0$",
+    ),
+    params_case(
+        "lr-above-one", {"lr": 5}, r"^error: lr: got 5; expected a number > 0\.0 and <= 1\.0$"
+    ),
+    params_case(
+        "lr-nan",
+        {"lr": float("nan")},
+        r"^error: lr: got nan; expected a number > 0\.0 and <= 1\.0$",
+    ),
+    params_case(
+        "batch-size-zero",
+        {"features.batch_size": 0},
+        r"^error: features\.batch_size: got 0; expected an integer >= 1 and <= 4096$",
+    ),
+    params_case(
+        "limit-one",
+        {"data.limit": 1},
+        r"^error: data\.limit: got 1; expected an integer >= 2 or null$",
+    ),
+    params_case(
+        "augment-not-bool",
+        {"finetune.augment": "maybe"},
+        r"^error: finetune\.augment: got 'maybe'; expected true or false$",
+    ),
+    params_case(
+        "dropout-one",
+        {"train.dropout": 1},
+        r"^error: train\.dropout: got 1; expected a number >= 0\.0 and < 1\.0$",
+    ),
     # ranges
-    params_case("image-size-below-32", {"prepare.image_size": 16}, r"^error: prepare\.image_size: got 16; expected an integer >= 32 and <= 1024$"),
-    params_case("data-image-size-below-32", {"data.image_size": 8}, r"^error: data\.image_size: got 8; expected an integer >= 32 or null$"),
-    params_case("val-fraction-zero", {"prepare.val_fraction": 0}, r"^error: prepare\.val_fraction: got 0; expected a number > 0\.0 and < 1\.0$"),
-    params_case("val-fraction-above-one", {"prepare.val_fraction": 1.5}, r"^error: prepare\.val_fraction: got 1\.5; expected a number > 0\.0 and < 1\.0$"),
-    params_case("fractions-sum-to-one", {"prepare.val_fraction": 0.5, "prepare.test_fraction": 0.5},
-                r"^error: prepare\.val_fraction \+ prepare\.test_fraction: got 0\.5 \+ 0\.5; their sum must be below 1"),
-    params_case("unknown-backbone", {"backbone.name": "vgg19"}, r"^error: backbone\.name: got 'vgg19'; expected one of vgg16, resnet50, efficientnetb0, densenet121, mobilenetv2$"),
+    params_case(
+        "image-size-below-32",
+        {"prepare.image_size": 16},
+        r"^error: prepare\.image_size: got 16; expected an integer >= 32 and <= 1024$",
+    ),
+    params_case(
+        "data-image-size-below-32",
+        {"data.image_size": 8},
+        r"^error: data\.image_size: got 8; expected an integer >= 32 or null$",
+    ),
+    params_case(
+        "val-fraction-zero",
+        {"prepare.val_fraction": 0},
+        r"^error: prepare\.val_fraction: got 0; expected a number > 0\.0 and < 1\.0$",
+    ),
+    params_case(
+        "val-fraction-above-one",
+        {"prepare.val_fraction": 1.5},
+        r"^error: prepare\.val_fraction: got 1\.5; expected a number > 0\.0 and < 1\.0$",
+    ),
+    params_case(
+        "fractions-sum-to-one",
+        {"prepare.val_fraction": 0.5, "prepare.test_fraction": 0.5},
+        r"^error: prepare\.val_fraction \+ prepare\.test_fraction: "
+        r"got 0\.5 \+ 0\.5; their sum must be below 1",
+    ),
+    params_case(
+        "unknown-backbone",
+        {"backbone.name": "vgg19"},
+        r"^error: backbone\.name: got 'vgg19'; "
+        r"expected one of vgg16, resnet50, efficientnetb0, densenet121, mobilenetv2$",
+    ),
     # files params.yaml points at
-    params_case("weights-file-missing", {"backbone.weights": "weights/vgg16_notop.h5"},
-                r"^error: backbone\.weights: got 'weights/vgg16_notop\.h5'; expected imagenet, none, or the path of an existing \.h5 weights file$"),
-    params_case("dataset-folder-missing", {"data.dataset": "./photos"}, rf"^error: data\.dataset: got './photos', {NOT_FOLDER}"),
-    params_case("dataset-empty-string", {"data.dataset": " "}, r"^error: data\.dataset: got ' '; expected a non-empty string$"),
-    Case("dataset-is-a-file", dataset_is_a_file, (rf"^error: data\.dataset: got './photos', {NOT_FOLDER}",)),
+    params_case(
+        "weights-file-missing",
+        {"backbone.weights": "weights/vgg16_notop.h5"},
+        r"^error: backbone\.weights: got 'weights/vgg16_notop\.h5'; "
+        r"expected imagenet, none, or the path of an existing \.h5 weights file$",
+    ),
+    params_case(
+        "dataset-folder-missing",
+        {"data.dataset": "./photos"},
+        rf"^error: data\.dataset: got './photos', {NOT_FOLDER}",
+    ),
+    params_case(
+        "dataset-empty-string",
+        {"data.dataset": " "},
+        r"^error: data\.dataset: got ' '; expected a non-empty string$",
+    ),
+    Case(
+        "dataset-is-a-file",
+        dataset_is_a_file,
+        (rf"^error: data\.dataset: got './photos', {NOT_FOLDER}",),
+    ),
     # numbers as strings (what `dvc exp run -S lr=1e-05` writes) are accepted
-    params_case("numbers-as-strings-accepted", {"lr": "1e-05", "train.lr": "1e-3", "train.epochs": "3"}, ok=True, check=downloaded),
+    params_case(
+        "numbers-as-strings-accepted",
+        {"lr": "1e-05", "train.lr": "1e-3", "train.epochs": "3"},
+        ok=True,
+        check=downloaded,
+    ),
     # image folders
-    folder_case("unreadable-images-skipped", with_unreadable_images,
-                r"^warning: skipped 3 unreadable image file\(s\), e\.g\. photos/", ok=True,
-                check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=True)),
-    folder_case("non-image-files-ignored", with_non_image_files, ok=True, check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=False)),
-    folder_case("grey-rgba-palette-converted", with_grey_rgba_and_palette, ok=True,
-                check=raw_shape((12, 8, 8, 3), ["cats", "dogs"], warned=False)),
-    folder_case("junk-folders-ignored", with_junk_folders, ok=True, check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=False)),
-    folder_case("mixed-sizes", with_mixed_sizes,
-                r"^error: data\.image_size: images in photos differ in size \(8x8, 9x9, \.\.\.\); set data\.image_size \(e\.g\. 150\) to resize them while reading$"),
-    folder_case("mixed-sizes-resized", with_mixed_sizes, ok=True, changes={"data.image_size": 32},
-                check=raw_shape((6, 32, 32, 3), ["cats", "dogs"], warned=False)),
-    folder_case("empty-folder", lambda photos: None,
-                r"^error: data\.dataset: photos has 0 class folder\(s\) with readable images; expected at least 2 sub-folders of JPEG/PNG images, one per class$"),
-    folder_case("classes-nested-too-deep", nested_one_level_too_deep, r"^error: data\.dataset: photos has 0 class folder\(s\) with readable images; expected at least 2 "),
-    folder_case("one-class", one_class_only, r"^error: data\.dataset: photos has 1 class folder\(s\) with readable images; expected at least 2 "),
-    folder_case("one-class-all-unreadable", one_class_all_unreadable, r"^warning: skipped 3 unreadable image file\(s\)",
-                r"^error: data\.dataset: photos has 1 class folder\(s\) with readable images"),
-    Case("too-few-for-stratified-split", too_few_for_a_stratified_split,
-         (r"^error: prepare\.test_fraction: cannot hold out a stratified test split of 0\.2 from 9 images \(smallest class has 1\): .*Use more images per class",)),
+    folder_case(
+        "unreadable-images-skipped",
+        with_unreadable_images,
+        r"^warning: skipped 3 unreadable image file\(s\), e\.g\. photos/",
+        ok=True,
+        check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=True),
+    ),
+    folder_case(
+        "non-image-files-ignored",
+        with_non_image_files,
+        ok=True,
+        check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=False),
+    ),
+    folder_case(
+        "grey-rgba-palette-converted",
+        with_grey_rgba_and_palette,
+        ok=True,
+        check=raw_shape((12, 8, 8, 3), ["cats", "dogs"], warned=False),
+    ),
+    folder_case(
+        "junk-folders-ignored",
+        with_junk_folders,
+        ok=True,
+        check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=False),
+    ),
+    folder_case(
+        "mixed-sizes",
+        with_mixed_sizes,
+        r"^error: data\.image_size: images in photos differ in size \(8x8, 9x9, \.\.\.\); "
+        r"set data\.image_size \(e\.g\. 150\) to resize them while reading$",
+    ),
+    folder_case(
+        "mixed-sizes-resized",
+        with_mixed_sizes,
+        ok=True,
+        changes={"data.image_size": 32},
+        check=raw_shape((6, 32, 32, 3), ["cats", "dogs"], warned=False),
+    ),
+    folder_case(
+        "empty-folder",
+        lambda photos: None,
+        r"^error: data\.dataset: photos has 0 class folder\(s\) with readable images; "
+        r"expected at least 2 sub-folders of JPEG/PNG images, one per class$",
+    ),
+    folder_case(
+        "classes-nested-too-deep",
+        nested_one_level_too_deep,
+        r"^error: data\.dataset: photos has 0 class folder\(s\) with readable images; "
+        r"expected at least 2 ",
+    ),
+    folder_case(
+        "one-class",
+        one_class_only,
+        r"^error: data\.dataset: photos has 1 class folder\(s\) with readable images; "
+        r"expected at least 2 ",
+    ),
+    folder_case(
+        "one-class-all-unreadable",
+        one_class_all_unreadable,
+        r"^warning: skipped 3 unreadable image file\(s\)",
+        r"^error: data\.dataset: photos has 1 class folder\(s\) with readable images",
+    ),
+    Case(
+        "too-few-for-stratified-split",
+        too_few_for_a_stratified_split,
+        (
+            r"^error: prepare\.test_fraction: cannot hold out a stratified test split of 0\.2 "
+            r"from 9 images \(smallest class has 1\): .*Use more images per class",
+        ),
+    ),
     # files left over from an earlier run
-    prepared_case("truncated-prepared-x", "features", lambda root, assets: truncate(root / "data/prepared/train_x.npy"),
-                  rf"^error: data/prepared/train_x\.npy is corrupt or truncated \(mmap length is greater than file size\){RERUN}"),
-    prepared_case("empty-prepared-x", "features", lambda root, assets: (root / "data/prepared/val_x.npy").write_bytes(b""),
-                  rf"^error: data/prepared/val_x\.npy is corrupt or truncated \(the file is empty\){RERUN}"),
-    prepared_case("truncated-head-features", "train", truncated_head_features,
-                  r"^error: data/features/head/train\.npy is corrupt or truncated \(Failed to read all data for array\..*\)" + RERUN),
-    prepared_case("prepared-splits-differ-in-size", "features", val_x_from_another_run,
-                  r"^error: data/prepared/val_x\.npy: got images of shape \(48, 48, 3\) \(train_x: \(32, 32, 3\)\); "
-                  rf"expected \(size, size, 3\), the same in every split: left by another run\?{RERUN[1:]}"),
-    prepared_case("features-and-labels-from-different-runs", "train", head_features_from_another_run,
-                  r"^error: inputs from different runs: data/features/head/train\.npy has 7 rows, data/prepared/train_y\.npy "
-                  r"has 12 rows; expected the same number in each: run `dvc repro` to rebuild them$"),
-    Case("pickled-npy-refused", pickled_raw_images,
-         (rf"^error: data/raw/train_images\.npy is corrupt or truncated \(it holds pickled Python objects, which are never loaded: they could run code\){RERUN}",),
-         check=not_run),
-    prepared_case("garbage-head-evaluate", "evaluate", garbage_head,
-                  rf"^error: models/head\.keras is not a usable Keras model \(not a \.keras zip archive: empty, truncated or overwritten\){RERUN}"),
-    Case("garbage-head-finetune", garbage_head_for_finetune,
-         (rf"^error: models/head\.keras is not a usable Keras model \(not a \.keras zip archive: empty, truncated or overwritten\){RERUN}",)),
-    prepared_case("unfreeze-from-no-layer", "features", lambda root, assets: None,
-                  r"^error: finetune\.unfreeze_from: got 'block9_conv1', which is not a layer of vgg16; expected auto or one of its layers, e\.g\. block\d_\w+, ",
-                  changes={"finetune.unfreeze_from": "block9_conv1"}),
-    Case("weights-file-not-hdf5", garbage_weights_file,
-         (r"^error: backbone\.weights: weights/vgg16_notop\.h5 does not hold vgg16 weights without the top \(.+\)$",)),
+    prepared_case(
+        "truncated-prepared-x",
+        "features",
+        lambda root, assets: truncate(root / "data/prepared/train_x.npy"),
+        rf"^error: data/prepared/train_x\.npy is corrupt or truncated "
+        rf"\(mmap length is greater than file size\){RERUN}",
+    ),
+    prepared_case(
+        "empty-prepared-x",
+        "features",
+        lambda root, assets: (root / "data/prepared/val_x.npy").write_bytes(b""),
+        rf"^error: data/prepared/val_x\.npy is corrupt or truncated \(the file is empty\){RERUN}",
+    ),
+    prepared_case(
+        "truncated-head-features",
+        "train",
+        truncated_head_features,
+        r"^error: data/features/head/train\.npy is corrupt or truncated "
+        r"\(Failed to read all data for array\..*\)" + RERUN,
+    ),
+    prepared_case(
+        "prepared-splits-differ-in-size",
+        "features",
+        val_x_from_another_run,
+        r"^error: data/prepared/val_x\.npy: got images of shape \(48, 48, 3\) "
+        r"\(train_x: \(32, 32, 3\)\); "
+        rf"expected \(size, size, 3\), the same in every split: left by another run\?{RERUN[1:]}",
+    ),
+    prepared_case(
+        "features-and-labels-from-different-runs",
+        "train",
+        head_features_from_another_run,
+        r"^error: inputs from different runs: data/features/head/train\.npy has 7 rows, "
+        r"data/prepared/train_y\.npy "
+        r"has 12 rows; expected the same number in each: run `dvc repro` to rebuild them$",
+    ),
+    Case(
+        "pickled-npy-refused",
+        pickled_raw_images,
+        (
+            rf"^error: data/raw/train_images\.npy is corrupt or truncated "
+            rf"\(it holds pickled Python objects, which are never loaded: they could run code\)"
+            rf"{RERUN}",
+        ),
+        check=not_run,
+    ),
+    prepared_case(
+        "garbage-head-evaluate",
+        "evaluate",
+        garbage_head,
+        rf"^error: models/head\.keras is not a usable Keras model "
+        rf"\(not a \.keras zip archive: empty, truncated or overwritten\){RERUN}",
+    ),
+    Case(
+        "garbage-head-finetune",
+        garbage_head_for_finetune,
+        (
+            rf"^error: models/head\.keras is not a usable Keras model "
+            rf"\(not a \.keras zip archive: empty, truncated or overwritten\){RERUN}",
+        ),
+    ),
+    prepared_case(
+        "unfreeze-from-no-layer",
+        "features",
+        lambda root, assets: None,
+        r"^error: finetune\.unfreeze_from: got 'block9_conv1', which is not a layer of vgg16; "
+        r"expected auto or one of its layers, e\.g\. block\d_\w+, ",
+        changes={"finetune.unfreeze_from": "block9_conv1"},
+    ),
+    Case(
+        "weights-file-not-hdf5",
+        garbage_weights_file,
+        (
+            r"^error: backbone\.weights: weights/vgg16_notop\.h5 "
+            r"does not hold vgg16 weights without the top \(.+\)$",
+        ),
+    ),
     # tlpipe
-    tlpipe_case("predict-without-model", predict_without_model,
-                r"^error: models/model\.json is missing: it is written with models/model\.keras by the finetune stage \(run `dvc repro`\)$"),
-    tlpipe_case("predict-broken-image-among-good", predict_with_a_broken_image,
-                r"^error: new/broken\.jpg: not a readable image \(.+\)$", check=others_classified),
-    tlpipe_case("summary-truncated-model", summary_of_truncated_model,
-                rf"^error: models/model\.keras is not a usable Keras model \(not a \.keras zip archive: empty, truncated or overwritten\){RERUN}"),
-    tlpipe_case("summary-unknown-layer-class", summary_of_unknown_layer,
-                rf"^error: models/model\.keras is not a usable Keras model \(Could not locate class 'MyNet'\..*\){RERUN}"),
+    tlpipe_case(
+        "predict-without-model",
+        predict_without_model,
+        r"^error: models/model\.json is missing: "
+        r"it is written with models/model\.keras by the finetune stage \(run `dvc repro`\)$",
+    ),
+    tlpipe_case(
+        "predict-broken-image-among-good",
+        predict_with_a_broken_image,
+        r"^error: new/broken\.jpg: not a readable image \(.+\)$",
+        check=others_classified,
+    ),
+    tlpipe_case(
+        "summary-truncated-model",
+        summary_of_truncated_model,
+        rf"^error: models/model\.keras is not a usable Keras model "
+        rf"\(not a \.keras zip archive: empty, truncated or overwritten\){RERUN}",
+    ),
+    tlpipe_case(
+        "summary-unknown-layer-class",
+        summary_of_unknown_layer,
+        rf"^error: models/model\.keras is not a usable Keras model "
+        rf"\(Could not locate class 'MyNet'\..*\){RERUN}",
+    ),
     # dvc exp run -S
     dvc_case("dvc-lr-string-accepted", ["-S", "lr=1e-05"], ok=True, check=lr_written_as_string),
-    dvc_case("dvc-string-for-int", ["-S", "train.epochs=ten"], r"^error: train\.epochs: got 'ten'; expected an integer >= 1$"),
-    dvc_case("dvc-appended-unknown-key", ["-S", "+train.epocs=3"], r"^error: train\.epocs: unknown key; train allows epochs, "),
+    dvc_case(
+        "dvc-string-for-int",
+        ["-S", "train.epochs=ten"],
+        r"^error: train\.epochs: got 'ten'; expected an integer >= 1$",
+    ),
+    dvc_case(
+        "dvc-appended-unknown-key",
+        ["-S", "+train.epocs=3"],
+        r"^error: train\.epocs: unknown key; train allows epochs, ",
+    ),
 ]
 
 
@@ -489,10 +781,15 @@ Outcome = tuple[Path, list[str], subprocess.CompletedProcess]  # folder, command
 
 
 @pytest.fixture(scope="module")
-def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future[Outcome]]:
+def outcomes(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Future[Outcome]]:
     """Every selected row run up front, WORKERS at a time: each costs mostly a Python start-up."""
-    selected = [item.callspec.params["case"] for item in request.session.items
-                if isinstance(getattr(item, "callspec", None) and item.callspec.params.get("case"), Case)]
+    selected = [
+        item.callspec.params["case"]
+        for item in request.session.items
+        if isinstance(getattr(item, "callspec", None) and item.callspec.params.get("case"), Case)
+    ]
     assets = Assets(tmp_path_factory.mktemp("assets"))
     folders = {case.id: tmp_path_factory.mktemp(case.id) for case in selected}
 
@@ -522,6 +819,8 @@ def test_bad_input(case: Case, outcomes: dict[str, Future[Outcome]]):
     else:
         assert result.returncode != 0, shown
     for pattern in case.expect:
-        assert re.search(pattern, result.stderr, re.MULTILINE), f"stderr does not match {pattern!r}:\n{shown}"
+        assert re.search(pattern, result.stderr, re.MULTILINE), (
+            f"stderr does not match {pattern!r}:\n{shown}"
+        )
     if case.check is not None:
         case.check(root, result)

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.backbone import to_backbone_input
-from stages.params import TrainParams
-from stages.runtime import seed_everything
-from stages.storage import save_json, save_model
-from stages.train import build_head
-from tests.conftest import VENV_BIN, run
+from tests.helpers import VENV_BIN, run
+from tlpipe.images import to_backbone_input
+from tlpipe.runtime import seed_everything
+from tlpipe.storage import save_json, save_model
+from tlpipe.training import build_head
 
 CLASSES = ["cat", "dog", "horse"]
 
@@ -28,14 +27,18 @@ def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli")
     seed_everything(0)
     base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
-    head = build_head(base.output.shape[1:], 3, TrainParams(1, 4, 1e-3, 8, 0.5, 1))
+    head = build_head(base.output.shape[1:], 3, units=8, dropout=0.5)
     save_model(keras.Model(base.input, head(base.output)), root / "models/model.keras")
-    save_json(root / "models/model.json", {"backbone": "vgg16", "image_size": 32, "classes": CLASSES})
+    save_json(
+        root / "models/model.json", {"backbone": "vgg16", "image_size": 32, "classes": CLASSES}
+    )
     rng = np.random.default_rng(0)
     images = root / "images"
     (images / "nested").mkdir(parents=True)
     Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(images / "colour.png")
-    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / "nested/photo.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+        images / "nested/photo.jpg", quality=90
+    )
     Image.fromarray(rng.integers(0, 256, (20, 30), dtype=np.uint8)).save(images / "grey.png")
     (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     (images / "notes.txt").write_text("ignored: not an image suffix")
@@ -50,7 +53,11 @@ def test_predict_classifies_every_readable_image_and_reports_the_broken_one(work
     result = tlpipe(["predict", "images"], workdir)
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
-    assert [line.split("\t")[0] for line in lines] == ["images/colour.png", "images/grey.png", "images/nested/photo.jpg"]
+    assert [line.split("\t")[0] for line in lines] == [
+        "images/colour.png",
+        "images/grey.png",
+        "images/nested/photo.jpg",
+    ]
     for line in lines:
         _, name, probability = line.split("\t")
         assert name in CLASSES and 0.0 <= float(probability) <= 1.0
@@ -75,7 +82,10 @@ def test_predict_uses_the_training_preprocessing(workdir):
 def test_predict_without_a_model_is_one_line(tmp_path):
     result = tlpipe(["predict", "whatever.png"], tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().endswith("models/model.json is missing: it is written with models/model.keras by the finetune stage (run `dvc repro`)")
+    assert result.stderr.strip().endswith(
+        "models/model.json is missing: it is written with models/model.keras "
+        "by the finetune stage (run `dvc repro`)"
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -92,18 +102,31 @@ def test_summary_plot_draws_a_png_or_says_graphviz_is_missing(workdir):
     else:
         assert result.returncode == 2
         assert result.stderr.strip().splitlines()[-1] == (
-            "error: --plot needs graphviz (the `dot` program) and pydot: e.g. `apt-get install graphviz`")
+            "error: --plot needs graphviz (the `dot` program) and pydot: "
+            "e.g. `apt-get install graphviz`"
+        )
 
 
 def test_help_reads_well():
     for args in (["--help"], ["predict", "--help"], ["summary", "--help"]):
-        out = subprocess.run([str(VENV_BIN / "tlpipe"), *args], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [str(VENV_BIN / "tlpipe"), *args], capture_output=True, text=True, check=True
+        ).stdout
         assert out.startswith("usage: tlpipe")
-    assert "--top-k N" in subprocess.run([str(VENV_BIN / "tlpipe"), "predict", "--help"], capture_output=True, text=True).stdout
+    assert (
+        "--top-k N"
+        in subprocess.run(
+            [str(VENV_BIN / "tlpipe"), "predict", "--help"], capture_output=True, text=True
+        ).stdout
+    )
 
 
 def test_predict_on_a_folder_without_images_is_one_line(workdir):
     (workdir / "empty").mkdir(exist_ok=True)
     result = tlpipe(["predict", "empty"], workdir)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: no image files (.jpg, .jpeg, .png")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: no image files (.jpg, .jpeg, .png")
+    )

@@ -1,15 +1,22 @@
 from __future__ import annotations
 
+import runpy
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from stages import download
-from stages.download import RawDataset, limit_training, load_digits, load_folder, load_tfds, write_raw
-from stages.runtime import UserError, run_stage
-from stages.storage import load_array, load_json
+from tlpipe.runtime import UserError
+from tlpipe.sources import (
+    RawDataset,
+    limit_training,
+    load_digits,
+    load_folder,
+    load_tfds,
+    write_raw,
+)
+from tlpipe.storage import load_array, load_json
 
 
 def make_folder(root, sizes=((20, 16),), per_class=3):
@@ -52,7 +59,7 @@ def test_folder_source_reads_png_jpeg_grey_and_rgba_and_skips_unreadable(tmp_pat
 
 def test_folder_images_of_mixed_sizes_need_data_image_size(tmp_path):
     folder = make_folder(tmp_path / "images", sizes=((20, 16), (40, 30)))
-    with pytest.raises(UserError, match="data.image_size: images in .* differ in size"):
+    with pytest.raises(UserError, match=r"data.image_size: images in .* differ in size"):
         load_folder(folder, image_size=None)
     assert load_folder(folder, image_size=32).train_images.shape == (6, 32, 32, 3)
 
@@ -67,7 +74,9 @@ def test_folder_with_one_class_is_refused(tmp_path):
 
 def test_limit_keeps_a_seeded_stratified_sample():
     labels = np.repeat(np.arange(4), 50)
-    data = RawDataset(np.arange(200, dtype=np.uint8).reshape(200, 1, 1, 1), labels, ["a", "b", "c", "d"])
+    data = RawDataset(
+        np.arange(200, dtype=np.uint8).reshape(200, 1, 1, 1), labels, ["a", "b", "c", "d"]
+    )
     first = limit_training(RawDataset(data.train_images, labels, data.class_names), 40, seed=1)
     again = limit_training(RawDataset(data.train_images, labels, data.class_names), 40, seed=1)
     other = limit_training(RawDataset(data.train_images, labels, data.class_names), 40, seed=2)
@@ -77,13 +86,17 @@ def test_limit_keeps_a_seeded_stratified_sample():
     assert not np.array_equal(first.train_images, other.train_images)
 
 
-def test_tfds_source_through_mock_data_with_a_manually_placed_archive(tmp_path, monkeypatch, no_network):
+def test_tfds_source_through_mock_data_with_a_manually_placed_archive(
+    tmp_path, monkeypatch, no_network
+):
     import tensorflow_datasets as tfds
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     manual = tmp_path / "downloads" / "manual"
     manual.mkdir(parents=True)
-    (manual / "cifar-10-binary.tar.gz").write_bytes(b"")  # tfds verifies the checksum when it prepares
+    (manual / "cifar-10-binary.tar.gz").write_bytes(
+        b""
+    )  # tfds verifies the checksum when it prepares
     with tfds.testing.mock_data(num_examples=12):
         data = load_tfds("cifar10", image_size=None)
     assert data.train_images.shape == (12, 32, 32, 3) and data.train_images.dtype == np.uint8
@@ -93,11 +106,13 @@ def test_tfds_source_through_mock_data_with_a_manually_placed_archive(tmp_path, 
     assert data.train_labels.dtype == np.int64 and data.train_labels.max() < 10
 
 
-def test_default_cifar10_offline_stops_at_once_with_instructions(in_tmp_project, monkeypatch, no_network, capsys):
+def test_default_cifar10_offline_stops_at_once_with_instructions(
+    in_tmp_project, monkeypatch, no_network, capsys
+):
     monkeypatch.setenv("TFDS_DATA_DIR", str(in_tmp_project / "tfds"))
     started = time.perf_counter()
     with pytest.raises(SystemExit) as stop:
-        run_stage(download.main)
+        runpy.run_module("stages.download", run_name="__main__")
     elapsed = time.perf_counter() - started
     err = capsys.readouterr().err
     assert stop.value.code == 2
@@ -115,8 +130,13 @@ def test_unknown_tfds_name_is_one_line(in_tmp_project):
 
 
 def test_write_raw_round_trip(tmp_path):
-    data = RawDataset(np.zeros((4, 8, 8, 1), np.uint8), np.array([0, 1, 0, 1]), ["a", "b"],
-                      np.ones((2, 8, 8, 1), np.uint8), np.array([1, 0]))
+    data = RawDataset(
+        np.zeros((4, 8, 8, 1), np.uint8),
+        np.array([0, 1, 0, 1]),
+        ["a", "b"],
+        np.ones((2, 8, 8, 1), np.uint8),
+        np.array([1, 0]),
+    )
     write_raw(data, tmp_path)
     assert load_json(tmp_path / "classes.json") == ["a", "b"]
     assert np.array_equal(load_array(tmp_path / "test_labels.npy"), [1, 0])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import OFFLINE, TINY, copy_project, run, stages_that_ran
+from tests.helpers import OFFLINE, TINY, copy_project, run, stages_that_ran
 
 # Fine-tuning from block4 (as `make demo` does) so that lr visibly changes the fine-tuned model.
 BASE = [*OFFLINE, *TINY, "-S", "finetune.unfreeze_from=block4_conv1"]
@@ -31,14 +31,20 @@ def sweep(tmp_path_factory) -> tuple[Path, dict[float, str]]:
     run(["git", "add", "-A"], project)
     run([*COMMIT, "base run"], project)
 
-    queued = run(["dvc", "exp", "run", "--queue", "-S", "lr=" + ",".join(f"{lr:g}" for lr in LRS)], project).output
+    queued = run(
+        ["dvc", "exp", "run", "--queue", "-S", "lr=" + ",".join(f"{lr:g}" for lr in LRS)], project
+    ).output
     assert queued.count("Queued experiment") == 2, queued
     try:
-        run(["dvc", "exp", "run", "--run-all", "-j", "1"], project)  # runs the queue, returns when it is empty
+        run(
+            ["dvc", "exp", "run", "--run-all", "-j", "1"], project
+        )  # runs the queue, returns when it is empty
     finally:
         run(["dvc", "queue", "stop"], project, check=False)  # no idle worker left behind
-    names = {float(exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["lr"]): exp["name"]
-             for exp in experiments(project)}
+    names = {
+        float(exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["lr"]): exp["name"]
+        for exp in experiments(project)
+    }
     assert set(names) == set(LRS), names
     return project, names
 
@@ -53,14 +59,17 @@ def experiments(project: Path) -> list[dict]:
 
 def markdown_rows(table: str) -> list[list[str]]:
     """A Markdown table's cells, header first, the |---| rule dropped."""
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
-            for line in table.splitlines() if line.startswith("|")]
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in table.splitlines()
+        if line.startswith("|")
+    ]
     return [row for row in rows if not set("".join(row)) <= set("-:")]
 
 
 @pytest.mark.slow
 def test_both_experiments_finish_with_metrics(sweep):
-    project, names = sweep
+    project, _names = sweep
     for exp in experiments(project):
         assert exp["executor"]["state"] == "success", exp["name"]
         evaluate = exp["revs"][0]["data"]["metrics"][EVALUATE]["data"]
@@ -72,24 +81,35 @@ def test_both_experiments_finish_with_metrics(sweep):
 @pytest.mark.slow
 def test_a_learning_rate_sweep_never_reruns_features(sweep):
     project, names = sweep
-    ran = {lr: stages_that_ran(run(["dvc", "queue", "logs", name], project).output) for lr, name in names.items()}
+    ran = {
+        lr: stages_that_ran(run(["dvc", "queue", "logs", name], project).output)
+        for lr, name in names.items()
+    }
     assert ran[1e-5] == set()  # same params as the committed base: everything comes from the cache
     assert ran[1e-4] == {"finetune", "evaluate"}
     # And the features the experiments were fine-tuned on are the base's, byte for byte.
     base_features = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["features"]["outs"]
     for exp in experiments(project):
-        lock = yaml.safe_load(run(["git", "show", f"{exp['revs'][0]['rev']}:dvc.lock"], project).stdout)
+        lock = yaml.safe_load(
+            run(["git", "show", f"{exp['revs'][0]['rev']}:dvc.lock"], project).stdout
+        )
         assert lock["stages"]["features"]["outs"] == base_features, exp["name"]
 
 
 @pytest.mark.slow
 def test_exp_show_ranks_by_finetuned_accuracy(sweep):
     project, names = sweep
-    table = run(["dvc", "exp", "show", "--md", "--sort-by", "finetuned.accuracy", "--sort-order", "desc"], project).stdout
+    table = run(
+        ["dvc", "exp", "show", "--md", "--sort-by", "finetuned.accuracy", "--sort-order", "desc"],
+        project,
+    ).stdout
     header, *rows = markdown_rows(table)
     column = header.index("finetuned.accuracy")
-    ranked = [(next(n for n in names.values() if f"[{n}]" in row[0]), float(row[column]))
-              for row in rows if any(f"[{n}]" in row[0] for n in names.values())]
+    ranked = [
+        (next(n for n in names.values() if f"[{n}]" in row[0]), float(row[column]))
+        for row in rows
+        if any(f"[{n}]" in row[0] for n in names.values())
+    ]
     assert sorted(name for name, _ in ranked) == sorted(names.values())
     accuracies = [accuracy for _, accuracy in ranked]
     assert accuracies == sorted(accuracies, reverse=True)
@@ -108,7 +128,9 @@ def test_metrics_and_params_diff_between_experiments_are_markdown_tables(sweep):
     # Only fine-tuning differs: the head and its training curves are the same in both.
     assert not any(metric.startswith("head.") for _, metric in changed)
 
-    every = markdown_rows(run(["dvc", "metrics", "diff", slow, fast, "--md", "--all"], project).stdout)
+    every = markdown_rows(
+        run(["dvc", "metrics", "diff", slow, fast, "--md", "--all"], project).stdout
+    )
     listed = {(path, metric) for path, metric, *_ in every[1:]}
     assert {(EVALUATE, f"finetuned.{key}") for key in ("accuracy", "loss", "macro_f1")} <= listed
     assert {(EVALUATE, "head.accuracy"), ("metrics/train/metrics.json", "eval.accuracy")} <= listed
@@ -122,16 +144,27 @@ def test_plots_render_curves_and_confusion_matrix(sweep, tmp_path):
     project, names = sweep
     revs = [names[1e-5], names[1e-4]]
     plots = json.loads(run(["dvc", "plots", "diff", *revs, "--json"], project).stdout)["data"]
-    curves = [f"{part} - {metric}" for part in ("Dense head", "Fine-tuning") for metric in ("loss", "accuracy")]
+    curves = [
+        f"{part} - {metric}"
+        for part in ("Dense head", "Fine-tuning")
+        for metric in ("loss", "accuracy")
+    ]
     for title in curves:
         (plot,) = plots[title]
         assert plot["type"] == "vega" and plot["revisions"] == revs
         files = {row["filename"] for row in plot["content"]["data"]["values"]}
-        assert {"train/loss.tsv", "eval/loss.tsv"} == files or {"train/accuracy.tsv", "eval/accuracy.tsv"} == files
+        assert {"train/loss.tsv", "eval/loss.tsv"} == files or {
+            "train/accuracy.tsv",
+            "eval/accuracy.tsv",
+        } == files
     (confusion,) = plots["Test confusion matrix"]
     assert confusion["revisions"] == revs
     assert {"actual", "predicted", "rev"} <= set(confusion["content"]["data"]["values"][0])
-    for picture in ("metrics/train/curves.png", "metrics/finetune/curves.png", "metrics/report/confusion.png"):
+    for picture in (
+        "metrics/train/curves.png",
+        "metrics/finetune/curves.png",
+        "metrics/report/confusion.png",
+    ):
         assert sorted(image["revisions"][0] for image in plots[picture]) == sorted(revs)
         assert all(image["type"] == "image" for image in plots[picture])
 
@@ -139,4 +172,6 @@ def test_plots_render_curves_and_confusion_matrix(sweep, tmp_path):
     html = (tmp_path / "html" / "index.html").read_text()
     for title in [*curves, "Test confusion matrix"]:
         assert title in html
-    assert re.search(r"metrics_train_curves\.png", html) and re.search(r"metrics_report_confusion\.png", html)
+    assert re.search(r"metrics_train_curves\.png", html) and re.search(
+        r"metrics_report_confusion\.png", html
+    )

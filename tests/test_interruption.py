@@ -1,4 +1,5 @@
-"""Killed and interrupted stages: no finished-looking partial output, and a rerun gives the same bytes.
+"""Killed and interrupted stages: no finished-looking partial output, and a rerun gives the same
+bytes.
 
 A stage killed with SIGKILL gets no chance to clean up; what protects the pipeline is that every
 output is written under a temporary name and renamed into place only when complete, and that DVC
@@ -7,6 +8,7 @@ then sees the stage as not run. The rerun must produce exactly what an uninterru
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import subprocess
@@ -20,12 +22,25 @@ import psutil  # installed with dvc
 import pytest
 import yaml
 
-from tests.conftest import (OFFLINE, SHIPPED_PARAMS, TINY, VENV_BIN, command_env, copy_project, run, set_param,
-                            stages_that_ran)
+from tests.helpers import (
+    OFFLINE,
+    SHIPPED_PARAMS,
+    TINY,
+    VENV_BIN,
+    command_env,
+    copy_project,
+    run,
+    set_param,
+    stages_that_ran,
+)
 
 pytestmark = pytest.mark.slow
 
-FEATURE_FILES = [f"data/features/{part}/{split}.npy" for part in ("head", "boundary") for split in ("train", "val", "test")]
+FEATURE_FILES = [
+    f"data/features/{part}/{split}.npy"
+    for part in ("head", "boundary")
+    for split in ("train", "val", "test")
+]
 FEATURE_OUTS = [*FEATURE_FILES, "data/features/backbone.keras", "data/features/boundary.json"]
 FINETUNE_OUTS = ["models/model.keras", "models/model.json"]
 
@@ -36,7 +51,19 @@ def overrides_into_params(root: Path, overrides: list[str]) -> None:
     for key, value in (item.split("=", 1) for item in overrides if item != "-S"):
         set_param(params, key, yaml.safe_load(value))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qam", "tiny offline"], root)
+    run(
+        [
+            "git",
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.invalid",
+            "commit",
+            "-qam",
+            "tiny offline",
+        ],
+        root,
+    )
 
 
 def tiny_offline_project(root: Path) -> Path:
@@ -49,8 +76,14 @@ class Running:
     """A command started in the background whose merged output is collected as it comes."""
 
     def __init__(self, command: list[str], cwd: Path):
-        self.process = subprocess.Popen(command, cwd=cwd, env={**command_env(), "PYTHONUNBUFFERED": "1"},
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env={**command_env(), "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -93,15 +126,15 @@ class Running:
             except psutil.NoSuchProcess:
                 tree = []
             for process in tree:
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     process.kill()
-                except psutil.NoSuchProcess:
-                    pass
             self.process.kill()
             self.wait()
 
 
-def wait_for(condition: Callable[[], object], running: Running, what: str, timeout: float = 300) -> object:
+def wait_for(
+    condition: Callable[[], object], running: Running, what: str, timeout: float = 300
+) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = condition()
@@ -113,12 +146,18 @@ def wait_for(condition: Callable[[], object], running: Running, what: str, timeo
 
 
 def temporaries(root: Path) -> list[Path]:
-    """Half-written outputs (storage.atomic_path's temporary names) under data/, models/, metrics/."""
-    return [path for folder in ("data", "models", "metrics") for path in (root / folder).rglob("*.tmp-*")]
+    """Half-written outputs (storage.atomic_path's temporary names) under data/, models/,
+    metrics/."""
+    return [
+        path
+        for folder in ("data", "models", "metrics")
+        for path in (root / folder).rglob("*.tmp-*")
+    ]
 
 
 def kill_mid_run(root: Path, stage: str, working: Callable[[Running], object]) -> Running:
-    """Run `dvc repro`; SIGKILL `stage`'s process once `working(repro)` says it is half way; wait for dvc."""
+    """Run `dvc repro`; SIGKILL `stage`'s process once `working(repro)` says it is half way; wait
+    for dvc."""
     with Running(["dvc", "repro"], root) as repro:
         process = wait_for(lambda: repro.stage_process(stage), repro, f"stage {stage} to start")
         wait_for(lambda: working(repro), repro, f"stage {stage} to be half way")
@@ -140,7 +179,9 @@ def assert_stage_not_done(root: Path, stage: str, outs: list[str]) -> None:
             assert not path.exists(), f"{name} exists after {stage} was killed"
 
 
-def test_killed_stages_leave_nothing_finished_looking_and_the_rerun_gives_the_same_bytes(tmp_path: Path):
+def test_killed_stages_leave_nothing_finished_looking_and_the_rerun_gives_the_same_bytes(
+    tmp_path: Path,
+):
     reference_root = tiny_offline_project(tmp_path / "reference")
     killed_root = tiny_offline_project(tmp_path / "killed")
     # The uninterrupted run goes on beside the interrupted one: TensorFlow is deterministic here.
@@ -162,9 +203,13 @@ def test_killed_stages_leave_nothing_finished_looking_and_the_rerun_gives_the_sa
         assert temporaries(killed_root) == []
 
         assert reference.wait() == 0, reference.output[-3000:]
-    assert (killed_root / "metrics/evaluate.json").read_bytes() == (reference_root / "metrics/evaluate.json").read_bytes()
+    assert (killed_root / "metrics/evaluate.json").read_bytes() == (
+        reference_root / "metrics/evaluate.json"
+    ).read_bytes()
     # Every output's hash, not only the metrics: the same bytes everywhere.
-    assert yaml.safe_load((killed_root / "dvc.lock").read_text()) == yaml.safe_load((reference_root / "dvc.lock").read_text())
+    assert yaml.safe_load((killed_root / "dvc.lock").read_text()) == yaml.safe_load(
+        (reference_root / "dvc.lock").read_text()
+    )
 
 
 def test_sigint_stops_a_stage_within_seconds_with_one_line(tmp_path: Path):
@@ -176,7 +221,9 @@ def test_sigint_stops_a_stage_within_seconds_with_one_line(tmp_path: Path):
     prepared.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for split, count in (("train", 3000), ("val", 300), ("test", 300)):
-        np.save(prepared / f"{split}_x.npy", rng.normal(0, 60, (count, 32, 32, 3)).astype(np.float32))
+        np.save(
+            prepared / f"{split}_x.npy", rng.normal(0, 60, (count, 32, 32, 3)).astype(np.float32)
+        )
 
     with Running([str(VENV_BIN / "python"), "-m", "stages.features"], tmp_path) as stage:
         wait_for(lambda: temporaries(tmp_path), stage, "features to start writing")
@@ -188,7 +235,11 @@ def test_sigint_stops_a_stage_within_seconds_with_one_line(tmp_path: Path):
     assert code == 130, stage.output[-3000:]
     assert took < 10, f"took {took:.1f} s to stop"
     assert "Traceback" not in stage.output, stage.output[-3000:]
-    assert re.search(r"^interrupted: no output was finished; rerun `dvc repro` to continue$", stage.output, re.MULTILINE)
+    assert re.search(
+        r"^interrupted: no output was finished; rerun `dvc repro` to continue$",
+        stage.output,
+        re.MULTILINE,
+    )
     assert not re.search(r"^error:", stage.output, re.MULTILINE), stage.output[-3000:]
     assert temporaries(tmp_path) == []  # the half-written files were removed on the way out
     assert not any((tmp_path / name).exists() for name in FEATURE_OUTS)

@@ -1,10 +1,11 @@
-"""Exact invalidation: every params.yaml key and every stages/*.py module marks exactly its readers changed.
+"""Exact invalidation: every params.yaml key and every code module marks exactly its readers
+changed.
 
 After one tiny offline run (dvc.lock written, `dvc status` clean), each params.yaml leaf is set to
-another valid value, or a comment is appended to each stage module, and `dvc status --json` must
-name exactly the stages in READERS. Only directly affected stages are compared: DVC reports a
-downstream stage as changed only once an upstream output has really changed, which `status` does
-not simulate.
+another valid value, or a comment is appended to each module of stages/ and tlpipe/, and
+`dvc status --json` must name exactly the stages in READERS. Only directly affected stages are
+compared: DVC reports a downstream stage as changed only once an upstream output has really
+changed, which `status` does not simulate.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pytest
 import yaml
 from ruamel.yaml import YAML
 
-from stages.params import parse_params
-from tests.conftest import OFFLINE, REPO, SHIPPED_PARAMS, TINY, copy_project, run, set_param
+from tests.helpers import OFFLINE, REPO, SHIPPED_PARAMS, TINY, copy_project, run, set_param
+from tlpipe.params import parse_params
 
 STAGES = frozenset({"download", "prepare", "features", "train", "finetune", "evaluate"})
 SEEDED = frozenset({"download", "prepare", "features", "train", "finetune"})
@@ -47,7 +48,10 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "train.patience": (2, frozenset({"train"})),
     "finetune.epochs": (3, frozenset({"finetune"})),
     "finetune.batch_size": (32, frozenset({"finetune"})),
-    "finetune.unfreeze_from": ("block4_conv1", frozenset({"features", "finetune"})),  # the cut is cached by features
+    "finetune.unfreeze_from": (
+        "block4_conv1",
+        frozenset({"features", "finetune"}),
+    ),  # the cut is cached by features
     "finetune.patience": (2, frozenset({"finetune"})),
     "finetune.augment": (True, frozenset({"finetune"})),
     "evaluate.batch_size": (64, frozenset({"evaluate"})),
@@ -57,33 +61,45 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "stages/train.py": (None, frozenset({"train"})),
     "stages/finetune.py": (None, frozenset({"finetune"})),
     "stages/evaluate.py": (None, frozenset({"evaluate"})),
-    "stages/backbone.py": (None, frozenset({"prepare", "features", "finetune"})),
-    "stages/training.py": (None, frozenset({"train", "finetune"})),
-    "stages/report.py": (None, frozenset({"train", "finetune", "evaluate"})),  # via training.py for train, finetune
-    "stages/params.py": (None, STAGES),
-    "stages/runtime.py": (None, STAGES),  # also through params.py and storage.py
-    "stages/storage.py": (None, STAGES),
+    "tlpipe/sources.py": (None, frozenset({"download"})),
+    "tlpipe/images.py": (None, frozenset({"download", "prepare"})),  # prepare: via splits.py
+    "tlpipe/splits.py": (None, frozenset({"prepare"})),
+    "tlpipe/features.py": (None, frozenset({"features"})),
+    "tlpipe/training.py": (None, frozenset({"train", "finetune"})),
+    "tlpipe/report.py": (None, frozenset({"train", "finetune", "evaluate"})),  # via training.py
+    # params.py reads the backbone table, so every stage imports these five.
+    "tlpipe/backbone.py": (None, STAGES),
+    "tlpipe/params.py": (None, STAGES),
+    "tlpipe/paths.py": (None, STAGES),
+    "tlpipe/runtime.py": (None, STAGES),
+    "tlpipe/storage.py": (None, STAGES),
     # The `tlpipe` command (predict, summary): no stage imports it, it reads the pipeline's outputs.
-    "stages/cli.py": (None, frozenset()),
-    # Runs before every stage but only sets a default TF log level (stderr noise, never an output);
-    # declaring it would rerun the whole pipeline for a logging tweak. The guard test below fails
-    # if it ever does more, and then it must become a dep of every stage.
+    "tlpipe/cli.py": (None, frozenset()),
+    # Package docstrings; tlpipe/__init__.py runs before every stage but only sets a default TF log
+    # level (stderr noise, never an output): declaring it would rerun the whole pipeline for a
+    # logging tweak. The guard test below fails if it ever does more, and then it must become a
+    # dep of every stage.
     "stages/__init__.py": (None, frozenset()),
+    "tlpipe/__init__.py": (None, frozenset()),
 }
-MODULES = sorted(key for key in READERS if key.startswith("stages/"))
-KEYS = sorted(key for key in READERS if not key.startswith("stages/"))
+CODE = ("stages/", "tlpipe/")
+MODULES = sorted(key for key in READERS if key.startswith(CODE))
+KEYS = sorted(key for key in READERS if not key.startswith(CODE))
 
 
 def leaves(node: dict, prefix: str = "") -> set[str]:
     keys = set()
     for name, value in node.items():
-        keys |= leaves(value, f"{prefix}{name}.") if isinstance(value, dict) else {f"{prefix}{name}"}
+        keys |= (
+            leaves(value, f"{prefix}{name}.") if isinstance(value, dict) else {f"{prefix}{name}"}
+        )
     return keys
 
 
 def test_table_covers_every_params_key_and_every_stage_module():
     assert set(KEYS) == leaves(yaml.safe_load(SHIPPED_PARAMS))
-    assert set(MODULES) == {f"stages/{path.name}" for path in (REPO / "stages").glob("*.py")}
+    modules = {f"{folder}{path.name}" for folder in CODE for path in (REPO / folder).glob("*.py")}
+    assert set(MODULES) == modules
 
 
 def imported_names(tree: ast.AST) -> set[str]:
@@ -94,42 +110,99 @@ def imported_names(tree: ast.AST) -> set[str]:
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module)
-            names |= {f"{node.module}.{alias.name}" for alias in node.names}  # from stages import report
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}  # from tlpipe import x
     return names
 
 
-def stage_imports(module: str) -> set[str]:
-    """stages/*.py files that `module` imports, directly or transitively (package __init__ aside)."""
+def module_path(name: str) -> str | None:
+    """stages/x.py or tlpipe/x.py for a dotted module name, if it is one of ours."""
+    parts = name.split(".")
+    if len(parts) > 1 and f"{parts[0]}/" in CODE and (REPO / parts[0] / f"{parts[1]}.py").is_file():
+        return f"{parts[0]}/{parts[1]}.py"
+    return None
+
+
+def code_imports(module: str) -> set[str]:
+    """Our modules that `module` imports, directly or transitively (package __init__ aside)."""
     seen: set[str] = set()
     todo = [module]
     while todo:
         for name in imported_names(ast.parse((REPO / todo.pop()).read_text())):
-            parts = name.split(".")
-            path = f"stages/{parts[1]}.py" if len(parts) > 1 and parts[0] == "stages" else None
-            if path and (REPO / path).is_file() and path not in seen:
+            path = module_path(name)
+            if path and path not in seen:
                 seen.add(path)
                 todo.append(path)
     return seen
 
 
 def test_module_rows_match_the_import_graph():
-    """The module rows of the table are what the code imports: `python -m stages.<stage>` runs them."""
+    """The module rows of the table are what the code imports: `python -m stages.<stage>` runs
+    them."""
     importers = {module: set() for module in MODULES}
     for stage in STAGES:
-        for module in stage_imports(f"stages/{stage}.py") | {f"stages/{stage}.py"}:
+        for module in code_imports(f"stages/{stage}.py") | {f"stages/{stage}.py"}:
             importers[module].add(stage)
-    importers["stages/__init__.py"] = set()  # see the table and the guard below
     assert {module: set(READERS[module][1]) for module in MODULES} == importers
 
 
-def test_package_init_only_sets_the_log_level():
-    """stages/__init__.py stays out of every stage's deps only while it cannot change an output."""
-    body = ast.parse((REPO / "stages/__init__.py").read_text()).body
-    code = [ast.unparse(node) for node in body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
-    assert code == ["import os", "os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')"], (
-        "stages/__init__.py runs before every stage: if it does more than set the log level, add it to "
-        "every stage's deps in dvc.yaml and to all stages in READERS"
-    )
+def test_dvc_yaml_declares_exactly_the_code_each_stage_runs():
+    """Each stage's code deps in dvc.yaml: its module and every module it imports, no more."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in STAGES:
+        declared = {dep for dep in stages[stage]["deps"] if dep.startswith(CODE)}
+        assert declared == code_imports(f"stages/{stage}.py") | {f"stages/{stage}.py"}, stage
+
+
+def test_imports_run_one_way():
+    """Stages import tlpipe, tlpipe never imports a stage, no stage imports another, no loops."""
+    for module in MODULES:
+        imported = code_imports(module)
+        assert not {path for path in imported if path.startswith("stages/")}, module
+        assert module not in imported, f"{module} imports itself through a loop"
+
+
+def test_package_inits_only_set_the_log_level():
+    """The package inits stay out of every stage's deps only while they cannot change an output."""
+    for init, expected in (
+        ("tlpipe/__init__.py", ["import os", "os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')"]),
+        ("stages/__init__.py", []),
+    ):
+        body = ast.parse((REPO / init).read_text()).body
+        docstring = (ast.Expr, ast.Constant)
+        code = [
+            ast.unparse(node)
+            for node in body
+            if not (isinstance(node, docstring[0]) and isinstance(node.value, docstring[1]))
+        ]
+        assert code == expected, (
+            f"{init} runs before every stage: if it does more than set the log level, add it to "
+            "every stage's deps in dvc.yaml and to all stages in READERS"
+        )
+
+
+def test_data_paths_in_dvc_yaml_are_those_of_tlpipe_paths():
+    """dvc.yaml repeats the data paths (DVC tracks them); each must be one tlpipe.paths defines."""
+    from tlpipe import paths
+
+    defined = {str(value) for value in vars(paths).values() if isinstance(value, Path)}
+    for split in paths.SPLITS:
+        for function in (
+            paths.prepared_images,
+            paths.prepared_labels,
+            paths.prepared_index,
+            paths.head_features,
+            paths.boundary_features,
+        ):
+            defined.add(str(function(split)))
+    defined |= {str(paths.classes_file(folder)) for folder in (paths.RAW_DIR, paths.PREPARED_DIR)}
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    named = set()
+    for stage in dvc["stages"].values():
+        for entry in stage["deps"] + stage["outs"]:
+            path = next(iter(entry)) if isinstance(entry, dict) else entry
+            if not path.startswith(CODE):
+                named.add(path)
+    assert named - defined == set()
 
 
 def test_alternative_values_are_valid():
@@ -153,7 +226,7 @@ def changed_stages(project: Path) -> set[str]:
     return set(json.loads(result.stdout))
 
 
-def with_value(text: str, key: str, value: object) -> str:
+def params_text_with(text: str, key: str, value: object) -> str:
     """params.yaml text with `key` set to `value`, every other value kept as it was (round trip)."""
     yaml_rt = YAML()
     data = yaml_rt.load(text)
@@ -171,13 +244,13 @@ def with_value(text: str, key: str, value: object) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("what", sorted(READERS))
 def test_change_marks_exactly_its_readers(ran: Path, what: str):
-    path = ran / (what if what.startswith("stages/") else "params.yaml")
+    path = ran / (what if what.startswith(CODE) else "params.yaml")
     original = path.read_bytes()
     try:
-        if what.startswith("stages/"):
+        if what.startswith(CODE):
             path.write_bytes(original + b"\n# invalidation probe\n")
         else:
-            path.write_text(with_value(original.decode(), what, READERS[what][0]))
+            path.write_text(params_text_with(original.decode(), what, READERS[what][0]))
         changed = changed_stages(ran)
     finally:
         path.write_bytes(original)

@@ -7,16 +7,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.params import ParamsError, load_params, parse_params
-from tests.conftest import SHIPPED_PARAMS, set_param
-
-DEFAULTS = yaml.safe_load(SHIPPED_PARAMS)
-
-
-def with_value(key: str, value) -> dict:
-    raw = copy.deepcopy(DEFAULTS)
-    set_param(raw, key, value)
-    return raw
+from tests.helpers import SHIPPED_PARAMS, SHIPPED_PARAMS_DICT, params_with
+from tlpipe.params import ParamsError, load_params, parse_params
 
 
 def test_defaults_are_the_real_product(tmp_path):
@@ -42,7 +34,11 @@ def test_lr_written_by_dvc_exp_run_is_read_as_a_float(tmp_path):
     ("key", "value", "expected"),
     [
         ("prepare.image_size", 16, "prepare.image_size: got 16; expected an integer >= 32"),
-        ("prepare.val_fraction", 1.5, "prepare.val_fraction: got 1.5; expected a number > 0.0 and < 1.0"),
+        (
+            "prepare.val_fraction",
+            1.5,
+            "prepare.val_fraction: got 1.5; expected a number > 0.0 and < 1.0",
+        ),
         ("prepare.val_fraction", 0, "prepare.val_fraction: got 0"),
         ("lr", "fast", "lr: got 'fast'; expected a number > 0.0"),
         ("lr", -1e-5, "lr: got -1e-05"),
@@ -53,30 +49,34 @@ def test_lr_written_by_dvc_exp_run_is_read_as_a_float(tmp_path):
         ("data.limit", 1, "data.limit: got 1; expected an integer >= 2"),
         ("backbone.name", "alexnet", "backbone.name: got 'alexnet'; expected one of vgg16"),
         ("backbone.weights", "missing/weights.h5", "backbone.weights: got 'missing/weights.h5'"),
-        ("data.dataset", "./no/such/folder", "data.dataset: got './no/such/folder', which is not a folder"),
+        (
+            "data.dataset",
+            "./no/such/folder",
+            "data.dataset: got './no/such/folder', which is not a folder",
+        ),
         ("data.dataset", "", "data.dataset: got ''; expected a non-empty string"),
         ("seed", -3, "seed: got -3; expected an integer >= 0"),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(key, value, expected):
     with pytest.raises(ParamsError) as error:
-        parse_params(with_value(key, value))
+        parse_params(params_with(key, value))
     assert str(error.value).startswith(expected)
 
 
 def test_unknown_and_missing_keys_are_refused():
-    raw = copy.deepcopy(DEFAULTS)
+    raw = copy.deepcopy(SHIPPED_PARAMS_DICT)
     raw["train"]["epoch"] = 3
     with pytest.raises(ParamsError, match=r"^train\.epoch: unknown key; train allows epochs, "):
         parse_params(raw)
-    raw = copy.deepcopy(DEFAULTS)
+    raw = copy.deepcopy(SHIPPED_PARAMS_DICT)
     del raw["finetune"]["unfreeze_from"]
     with pytest.raises(ParamsError, match=r"^finetune\.unfreeze_from: missing"):
         parse_params(raw)
 
 
 def test_fractions_must_leave_training_images():
-    raw = with_value("prepare.val_fraction", 0.5)
+    raw = params_with("prepare.val_fraction", 0.5)
     raw["prepare"]["test_fraction"] = 0.5
     with pytest.raises(ParamsError, match="sum must be below 1"):
         parse_params(raw)
@@ -92,22 +92,38 @@ def test_invalid_yaml_is_one_line(tmp_path):
 @given(st.floats(min_value=1e-9, max_value=1.0, allow_nan=False))
 def test_any_positive_lr_written_as_text_or_number_round_trips(lr):
     for value in (lr, repr(lr), f"{lr:e}"):
-        assert parse_params(with_value("lr", value)).lr == pytest.approx(lr, rel=1e-6)
+        assert parse_params(params_with("lr", value)).lr == pytest.approx(lr, rel=1e-6)
 
 
 ANY_VALUE = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
-    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
-KEYS = ["seed", "lr", "data.limit", "prepare.image_size", "prepare.val_fraction", "train.epochs",
-        "train.lr", "train.dropout", "finetune.batch_size", "backbone.name", "features.batch_size"]
+KEYS = [
+    "seed",
+    "lr",
+    "data.limit",
+    "prepare.image_size",
+    "prepare.val_fraction",
+    "train.epochs",
+    "train.lr",
+    "train.dropout",
+    "finetune.batch_size",
+    "backbone.name",
+    "features.batch_size",
+]
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(KEYS), ANY_VALUE)
 def test_any_value_is_either_accepted_or_refused_with_a_message_naming_the_key(key, value):
     try:
-        parse_params(with_value(key, value))
+        parse_params(params_with(key, value))
     except ParamsError as error:
         assert str(error).startswith(f"{key}: ")
         assert "\n" not in str(error)

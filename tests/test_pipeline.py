@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VENV_BIN, copy_project, run, stages_that_ran
+from tests.helpers import VENV_BIN, copy_project, run, stages_that_ran
 
-TINY = "-S train.epochs=10 -S finetune.epochs=6"
+DEMO_EXTRA = "-S train.epochs=10 -S finetune.epochs=6"
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +21,26 @@ def project(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_demo_then_lr_experiment_reruns_only_finetune_and_evaluate(project: Path):
     venv = VENV_BIN.parent
-    demo = run(["make", "--no-print-directory", f"VENV={venv}", "-o", f"{venv}/.installed",
-                "demo", f"DEMO_EXTRA={TINY}"], project).output
-    assert stages_that_ran(demo) == {"download", "prepare", "features", "train", "finetune", "evaluate"}
+    demo = run(
+        [
+            "make",
+            "--no-print-directory",
+            f"VENV={venv}",
+            "-o",
+            f"{venv}/.installed",
+            "demo",
+            f"DEMO_EXTRA={DEMO_EXTRA}",
+        ],
+        project,
+    ).output
+    assert stages_that_ran(demo) == {
+        "download",
+        "prepare",
+        "features",
+        "train",
+        "finetune",
+        "evaluate",
+    }
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
     assert set(metrics) == {"head", "finetuned"}
     assert {"accuracy", "loss"} <= set(metrics["head"])
@@ -45,7 +62,14 @@ def test_demo_then_lr_experiment_reruns_only_finetune_and_evaluate(project: Path
     # Same params, everything recomputed: the same bytes.
     before = (project / "metrics/evaluate.json").read_bytes(), (project / "dvc.lock").read_text()
     forced = run(["dvc", "repro", "--force"], project).output
-    assert stages_that_ran(forced) == {"download", "prepare", "features", "train", "finetune", "evaluate"}
+    assert stages_that_ran(forced) == {
+        "download",
+        "prepare",
+        "features",
+        "train",
+        "finetune",
+        "evaluate",
+    }
     assert (project / "metrics/evaluate.json").read_bytes() == before[0]
     assert (project / "dvc.lock").read_text() == before[1]
 
@@ -57,15 +81,21 @@ def assert_report(project: Path) -> None:
     classes = json.loads((project / "data/prepared/classes.json").read_text())
     per_class = json.loads((project / "metrics/report/per_class.json").read_text())
     assert list(per_class) == classes == [str(d) for d in range(10)]
-    assert all({"precision", "recall", "f1-score", "support"} <= set(row) for row in per_class.values())
+    assert all(
+        {"precision", "recall", "f1-score", "support"} <= set(row) for row in per_class.values()
+    )
     n_test = sum(int(row["support"]) for row in per_class.values())
     rows = (project / "metrics/report/confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted" and len(rows) == n_test + 1
     assert all(cell in classes for row in rows[1:] for cell in row.split(","))
     table = (project / "metrics/report/per_class.md").read_text()
     assert all(f"| {name} |" in table for name in classes)
-    for png in ("metrics/report/confusion.png", "metrics/report/samples.png",
-                "metrics/train/curves.png", "metrics/finetune/curves.png"):
+    for png in (
+        "metrics/report/confusion.png",
+        "metrics/report/samples.png",
+        "metrics/train/curves.png",
+        "metrics/finetune/curves.png",
+    ):
         with Image.open(project / png) as image:
             assert image.format == "PNG"
     info = json.loads((project / "models/model.json").read_text())

@@ -3,11 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.params import PrepareParams
-from stages.backbone import to_backbone_input
-from stages.prepare import split_indices, write_split
-from stages.runtime import UserError
-from stages.storage import load_array
+from tlpipe.images import to_backbone_input
+from tlpipe.params import PrepareParams
+from tlpipe.runtime import UserError
+from tlpipe.splits import split_indices, write_split
+from tlpipe.storage import load_array
 
 IMAGENET_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
@@ -17,7 +17,8 @@ def test_grey_images_are_resized_to_three_channels_and_vgg16_normalised():
     grey[1] = 255
     x = to_backbone_input(grey, 32, "vgg16")
     assert x.shape == (2, 32, 32, 3) and x.dtype == np.float32
-    # 'caffe' normalisation: BGR, ImageNet mean subtracted from 0-255 values -- never divided by 255.
+    # 'caffe' normalisation: BGR, ImageNet mean subtracted from 0-255 values -- never divided by
+    # 255.
     np.testing.assert_allclose(x[0, 5, 5], -IMAGENET_BGR_MEAN, atol=1e-4)
     np.testing.assert_allclose(x[1, 5, 5], 255.0 - IMAGENET_BGR_MEAN, atol=1e-3)
 
@@ -40,7 +41,9 @@ def test_splits_are_disjoint_complete_stratified_and_seeded():
     assert len(splits["test"]) == 80 and len(splits["val"]) == 40
     overall = np.bincount(labels) / len(labels)
     for part in splits.values():
-        np.testing.assert_allclose(np.bincount(labels[part], minlength=5) / len(part), overall, atol=0.02)
+        np.testing.assert_allclose(
+            np.bincount(labels[part], minlength=5) / len(part), overall, atol=0.02
+        )
     again = split_indices(labels, has_test_split=False, params=PARAMS, seed=7)
     other = split_indices(labels, has_test_split=False, params=PARAMS, seed=8)
     assert all(np.array_equal(splits[k], again[k]) for k in splits)
@@ -64,7 +67,16 @@ def test_write_split_streams_images_and_one_hot_labels(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, size=(300, 8, 8, 1), dtype=np.uint8)
     labels = np.arange(300) % 3
     indices = np.arange(5, 290)  # more than one streaming batch
-    write_split(images, labels, indices, 3, 32, "vgg16", tmp_path, "train")
+    write_split(
+        images,
+        labels,
+        indices,
+        split="train",
+        n_classes=3,
+        image_size=32,
+        backbone="vgg16",
+        out_dir=tmp_path,
+    )
     x, y = load_array(tmp_path / "train_x.npy"), load_array(tmp_path / "train_y.npy")
     assert x.shape == (285, 32, 32, 3) and y.shape == (285, 3) and y.dtype == np.float32
     np.testing.assert_array_equal(y.sum(axis=1), 1.0)

@@ -1,4 +1,5 @@
-"""Shared cache: `dvc push` from one clone, `dvc pull` into a fresh `git clone`, nothing left to run.
+"""Shared cache: `dvc push` from one clone, `dvc pull` into a fresh `git clone`, nothing left to
+run.
 
 Two remotes: a local directory, and S3 as served on 127.0.0.1 by moto's ThreadedMotoServer (the
 test starts it; fake credentials from the environment; the endpoint is in the committed
@@ -16,16 +17,23 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.conftest import OFFLINE, TINY, copy_project, run, stages_that_ran
+from tests.helpers import OFFLINE, TINY, copy_project, run, stages_that_ran
 
 BUCKET = "tlpipe-cache"
 COMMIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-qm"]
-CACHED = ["data/raw", "data/prepared", "data/features/head", "models/model.keras", "models/head.keras"]
+CACHED = [
+    "data/raw",
+    "data/prepared",
+    "data/features/head",
+    "models/model.keras",
+    "models/head.keras",
+]
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory) -> Iterator[str]:
-    """An S3 server on 127.0.0.1 with an empty bucket; AWS_* set for this process and its children."""
+    """An S3 server on 127.0.0.1 with an empty bucket; AWS_* set for this process and its
+    children."""
     with pytest.MonkeyPatch.context() as env:
         home = tmp_path_factory.mktemp("aws")
         env.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -68,7 +76,9 @@ def objects_in(kind: str, url: str, endpoint: str | None) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["local", "s3"])
-def test_push_then_pull_into_a_fresh_clone_leaves_nothing_to_run(origin, s3_endpoint, tmp_path, kind):
+def test_push_then_pull_into_a_fresh_clone_leaves_nothing_to_run(
+    origin, s3_endpoint, tmp_path, kind
+):
     remote = kind
     url = str(tmp_path / "remote") if kind == "local" else f"s3://{BUCKET}/cache"
     run(["dvc", "remote", "add", remote, url], origin)
@@ -80,17 +90,23 @@ def test_push_then_pull_into_a_fresh_clone_leaves_nothing_to_run(origin, s3_endp
     pushed = run(["dvc", "push", "-r", remote], origin).output
     assert "pushed" in pushed, pushed
     assert objects_in(kind, url, s3_endpoint) > 0
-    assert json.loads(run(["dvc", "status", "--cloud", "-r", remote, "--json"], origin).stdout) == {}
+    assert (
+        json.loads(run(["dvc", "status", "--cloud", "-r", remote, "--json"], origin).stdout) == {}
+    )
 
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
-    assert not (clone / ".dvc/cache").exists()  # nothing but git: every cached file must come from the remote
+    assert not (
+        clone / ".dvc/cache"
+    ).exists()  # nothing but git: every cached file must come from the remote
     assert not (clone / "models/model.keras").exists()
 
     run(["dvc", "pull", "-r", remote], clone)
     for path in CACHED:
         assert (clone / path).exists(), path
-    assert (clone / "models/model.keras").read_bytes() == (origin / "models/model.keras").read_bytes()
+    assert (clone / "models/model.keras").read_bytes() == (
+        origin / "models/model.keras"
+    ).read_bytes()
     assert json.loads(run(["dvc", "status", "--json"], clone).stdout) == {}
     assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).output
     repro = run(["dvc", "repro"], clone).output

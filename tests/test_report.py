@@ -3,7 +3,13 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from stages.report import per_class_markdown, plot_confusion, plot_curves, plot_samples, sample_order
+from tlpipe.report import (
+    per_class_markdown,
+    plot_confusion,
+    plot_curves,
+    plot_samples,
+    sample_order,
+)
 
 
 def test_samples_put_misclassified_first():
@@ -13,12 +19,23 @@ def test_samples_put_misclassified_first():
 
 
 def test_pictures_are_pngs(tmp_path):
-    history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "accuracy": [0.5, 0.8], "val_accuracy": [0.4, 0.7]}
+    history = {
+        "loss": [1.0, 0.5],
+        "val_loss": [1.1, 0.7],
+        "accuracy": [0.5, 0.8],
+        "val_accuracy": [0.4, 0.7],
+    }
     plot_curves(history, "Head", tmp_path / "curves.png")
     plot_confusion(np.array([[3, 1], [0, 4]]), ["cat", "dog"], tmp_path / "confusion.png")
     images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
-    plot_samples(images, np.array([0, 1, 0, 1, 0]), np.array([1, 1, 0, 1, 0]), np.full(5, 0.9), ["cat", "dog"],
-                 tmp_path / "samples.png")
+    plot_samples(
+        images,
+        np.array([0, 1, 0, 1, 0]),
+        np.array([1, 1, 0, 1, 0]),
+        np.full(5, 0.9),
+        ["cat", "dog"],
+        tmp_path / "samples.png",
+    )
     for name in ("curves.png", "confusion.png", "samples.png"):
         with Image.open(tmp_path / name) as image:
             assert image.format == "PNG" and image.size[0] > 300
@@ -28,4 +45,8 @@ def test_per_class_table_names_every_class():
     row = {"precision": 0.5, "recall": 1.0, "f1-score": 0.6667, "support": 2}
     report = {"cat": row, "dog": row, "macro avg": row, "weighted avg": row, "accuracy": 0.75}
     table = per_class_markdown(report, ["cat", "dog"])
-    assert "| cat | 0.5000 | 1.0000 | 0.6667 | 2 |" in table and "| dog |" in table and "accuracy: 0.7500" in table
+    assert (
+        "| cat | 0.5000 | 1.0000 | 0.6667 | 2 |" in table
+        and "| dog |" in table
+        and "accuracy: 0.7500" in table
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import OFFLINE, TINY, copy_project, run, stages_that_ran
+from tests.helpers import OFFLINE, TINY, copy_project, run, stages_that_ran
 
 ALL_STAGES = {"download", "prepare", "features", "train", "finetune", "evaluate"}
 
@@ -22,7 +22,10 @@ def clones(tmp_path_factory) -> tuple[Path, Path]:
     projects = []
     for name in ("first", "second"):
         project = copy_project(tmp_path_factory.mktemp(name))
-        assert stages_that_ran(run(["dvc", "exp", "run", *OFFLINE, *TINY], project).output) == ALL_STAGES
+        assert (
+            stages_that_ran(run(["dvc", "exp", "run", *OFFLINE, *TINY], project).output)
+            == ALL_STAGES
+        )
         projects.append(project)
     return projects[0], projects[1]
 
@@ -36,7 +39,9 @@ def outs(project: Path, stage: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_metrics_are_byte_identical(clones):
     first, second = clones
-    assert (first / "metrics/evaluate.json").read_bytes() == (second / "metrics/evaluate.json").read_bytes()
+    assert (first / "metrics/evaluate.json").read_bytes() == (
+        second / "metrics/evaluate.json"
+    ).read_bytes()
 
 
 @pytest.mark.slow

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.runtime import UserError
-from stages.storage import array_writer, load_array, load_json, load_model, save_array, save_json
+from tlpipe.runtime import UserError
+from tlpipe.storage import array_writer, load_array, load_json, load_model, save_array, save_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,16 +31,18 @@ def test_streamed_array_equals_the_in_memory_array(tmp_path):
 
 
 def test_interrupted_stream_leaves_no_final_file_and_no_temporary(tmp_path):
-    with pytest.raises(RuntimeError):
-        with array_writer(tmp_path / "s.npy", (10, 2), np.float32) as out:
-            out[:5] = 1.0
-            raise RuntimeError("killed half way")
+    with (
+        pytest.raises(RuntimeError),
+        array_writer(tmp_path / "s.npy", (10, 2), np.float32) as out,
+    ):
+        out[:5] = 1.0
+        raise RuntimeError("killed half way")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_pickled_arrays_are_refused(tmp_path):
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(UserError, match="objects.npy is corrupt or truncated"):
+    with pytest.raises(UserError, match=r"objects.npy is corrupt or truncated"):
         load_array(tmp_path / "objects.npy", mmap=False)
 
 
@@ -65,20 +67,26 @@ def test_json_round_trip(tmp_path):
     assert load_json(tmp_path / "m.json") == {"a": [1.5, "x"], "b": 1}
 
 
-SAVE_A_MODEL = """
-import sys, keras
-from stages.runtime import seed_everything
-from stages.storage import save_model
-seed_everything(0)
-save_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(3)]), sys.argv[1])
-"""
+SAVE_A_MODEL = (
+    "\n"
+    "import sys, keras\n"
+    "from tlpipe.runtime import seed_everything\n"
+    "from tlpipe.storage import save_model\n"
+    "seed_everything(0)\n"
+    "save_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), "
+    "keras.layers.Dense(3)]), sys.argv[1])\n"
+)
 
 
 def test_saving_the_same_model_in_two_processes_gives_the_same_bytes(tmp_path):
     # Keras writes the save time and Python object ids into .keras files; DVC would see a new model.
     for name in ("a.keras", "b.keras"):
-        subprocess.run([sys.executable, "-c", SAVE_A_MODEL, str(tmp_path / name)], cwd=REPO, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", SAVE_A_MODEL, str(tmp_path / name)],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
         time.sleep(1.1)  # Keras stamps the save time with a one-second resolution
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     reloaded = load_model(tmp_path / "b.keras")
@@ -91,12 +99,15 @@ def test_saved_models_keep_keras_uncompressed_entries(tmp_path):
 
     import keras
 
-    from stages.storage import save_model
+    from tlpipe.storage import save_model
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     model.save(tmp_path / "plain.keras")
     save_model(model, tmp_path / "ours.keras")
-    with zipfile.ZipFile(tmp_path / "plain.keras") as plain, zipfile.ZipFile(tmp_path / "ours.keras") as ours:
+    with (
+        zipfile.ZipFile(tmp_path / "plain.keras") as plain,
+        zipfile.ZipFile(tmp_path / "ours.keras") as ours,
+    ):
         assert {i.filename: i.compress_type for i in ours.infolist()} == {
             i.filename: i.compress_type for i in plain.infolist()
         }

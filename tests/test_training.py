@@ -5,8 +5,8 @@ import json
 import keras
 import numpy as np
 
-from stages.runtime import seed_everything
-from stages.training import fit_logged
+from tlpipe.runtime import seed_everything
+from tlpipe.training import fit_logged
 
 
 def test_logged_metrics_are_those_of_the_weights_kept(tmp_path):
@@ -16,12 +16,28 @@ def test_logged_metrics_are_those_of_the_weights_kept(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 16)).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, 2, 96), 2)
-    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, activation="relu"),
-                              keras.layers.Dense(2, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01), loss="categorical_crossentropy",
-                  metrics=["accuracy"])
-    history = fit_logged(model, (x[:64], y[:64]), (x[64:], y[64:]), epochs=12, batch_size=16, patience=12,
-                         live_dir=tmp_path / "live", title="t").history
+    model = keras.Sequential(
+        [
+            keras.Input((16,)),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=0.01),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    history = fit_logged(
+        model,
+        (x[:64], y[:64]),
+        (x[64:], y[64:]),
+        epochs=12,
+        batch_size=16,
+        patience=12,
+        live_dir=tmp_path / "live",
+        title="t",
+    ).history
 
     best = int(np.argmin(history["val_loss"]))
     assert best < len(history["val_loss"]) - 1, "the set-up must make the last epoch not the best"
@@ -30,5 +46,7 @@ def test_logged_metrics_are_those_of_the_weights_kept(tmp_path):
     assert summary["eval"]["loss"] == history["val_loss"][best]
     assert summary["train"]["accuracy"] == history["accuracy"][best]
     # the restored weights are the ones that scored that validation loss
-    assert np.isclose(model.evaluate(x[64:], y[64:], verbose=0)[0], history["val_loss"][best], rtol=1e-5)
+    assert np.isclose(
+        model.evaluate(x[64:], y[64:], verbose=0)[0], history["val_loss"][best], rtol=1e-5
+    )
     assert (tmp_path / "live" / "curves.png").stat().st_size > 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.runtime import TEMPORARIES, UserError
+from tlpipe.runtime import TEMPORARIES, UserError
 
 RERUN_HINT = "delete it and run `dvc repro` again"
 FIXED_SAVE_DATE = "1980-01-01@00:00:00"  # Keras's own date format
@@ -76,14 +76,16 @@ def load_array(path: Path, mmap: bool = True) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, EOFError) as error:  # EOFError: an empty file
-        raise UserError(f"{path} is corrupt or truncated ({_npy_problem(path, error)}); {RERUN_HINT}") from None
+        raise UserError(
+            f"{path} is corrupt or truncated ({_npy_problem(path, error)}); {RERUN_HINT}"
+        ) from None
     except OSError as error:
         raise UserError(f"{path} cannot be read ({error}); {RERUN_HINT}") from None
     return array
 
 
 def _npy_problem(path: Path, error: Exception) -> str:
-    """Why np.load refused `path`, in words: numpy's own messages mislead for empty or foreign files."""
+    """Why np.load refused `path`, in words: numpy's messages mislead for empty or foreign files."""
     with open(path, "rb") as file:
         start = file.read(len(NPY_MAGIC))
     if not start:
@@ -100,8 +102,10 @@ def check_same_rows(arrays: dict[Path, np.ndarray]) -> None:
     rows = {path: len(array) for path, array in arrays.items()}
     if len(set(rows.values())) > 1:
         listing = ", ".join(f"{path} has {count} rows" for path, count in rows.items())
-        raise UserError(f"inputs from different runs: {listing}; expected the same number in each: "
-                        "run `dvc repro` to rebuild them")
+        raise UserError(
+            f"inputs from different runs: {listing}; expected the same number in each: "
+            "run `dvc repro` to rebuild them"
+        )
 
 
 def save_json(path: Path, data: Any) -> None:
@@ -161,17 +165,31 @@ def _renumber_shared_objects(config: str) -> str:
 
 
 def load_model(path: Path) -> Any:
-    """Load a .keras model in safe mode (no deserialised Python code); one-line error if unusable."""
+    """Load a .keras model in safe mode (no deserialised Python code); one line if unusable."""
     import keras
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} is missing: run `dvc repro` to create it")
-    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of an empty or truncated file
-        raise UserError(f"{path} is not a usable Keras model (not a .keras zip archive: empty, truncated or "
-                        f"overwritten); {RERUN_HINT}")
+    if not zipfile.is_zipfile(
+        path
+    ):  # Keras would say "File not found" of an empty or truncated file
+        raise UserError(
+            f"{path} is not a usable Keras model (not a .keras zip archive: empty, truncated or "
+            f"overwritten); {RERUN_HINT}"
+        )
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:  # TypeError: unknown classes
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path} is not a usable Keras model ({first_line}); {RERUN_HINT}") from None
+    except (
+        ValueError,
+        OSError,
+        KeyError,
+        TypeError,
+        zipfile.BadZipFile,
+    ) as error:  # TypeError: unknown classes
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise UserError(
+            f"{path} is not a usable Keras model ({first_line}); {RERUN_HINT}"
+        ) from None

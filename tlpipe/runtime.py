@@ -11,7 +11,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-
 OFFLINE_DEMO = "make demo"  # named in every error caused by having no network
 INTERRUPTED = "interrupted: no output was finished; rerun `dvc repro` to continue"
 # Half-written outputs (storage.atomic_path's temporary files), deleted if the stage is interrupted.
@@ -40,12 +39,19 @@ def _stop_now(message: str, signum: int, frame: object) -> None:
 
 def run_stage(main: Callable[[], None], interrupted: str = INTERRUPTED) -> None:
     """Run a stage's main(); turn user errors and Ctrl-C into one line and a non-zero exit."""
-    handling = threading.current_thread() is threading.main_thread()  # only there can signals be handled
-    previous = signal.signal(signal.SIGINT, functools.partial(_stop_now, interrupted)) if handling else None
+    handling = (
+        threading.current_thread() is threading.main_thread()
+    )  # only there can signals be handled
+    previous = (
+        signal.signal(signal.SIGINT, functools.partial(_stop_now, interrupted))
+        if handling
+        else None
+    )
     try:
         main()
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        for line in str(error).splitlines():  # one line per problem (params.yaml may hold several)
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # raised by code rather than by Ctrl-C
         print(interrupted, file=sys.stderr)

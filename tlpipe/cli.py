@@ -1,0 +1,200 @@
+"""tlpipe: classify your own images with the fine-tuned model, and look at the model's structure.
+
+tlpipe predict photo.jpg more/photos/          one line per image: path, class, probability
+tlpipe predict --top-k 3 --json photo.jpg      the three likeliest classes, as JSON
+tlpipe summary [--plot model.png]               layers, trainable flags, parameter counts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tlpipe.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, read_image
+from tlpipe.paths import MODEL_FILE
+from tlpipe.runtime import UserError, run_stage
+from tlpipe.storage import load_json, load_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tlpipe",
+        description="Use the model trained by the DVC pipeline "
+        "(run `dvc repro` or `make demo` first).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    predict = commands.add_parser(
+        "predict",
+        help="classify image files or folders of images",
+        description="Classify images (JPEG, PNG, ...; any size, grey or colour) with the same "
+        "preprocessing as training. Prints one line per image: path, class, probability. "
+        "Unreadable files are reported on stderr and the rest are still classified; "
+        "the exit status is 1 if any file failed.",
+    )
+    predict.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="an image file or a folder (searched recursively)",
+    )
+    predict.add_argument(
+        "--top-k", type=int, default=1, metavar="N", help="show the N likeliest classes (default 1)"
+    )
+    predict.add_argument(
+        "--json", action="store_true", help="print one JSON list instead of text lines"
+    )
+    predict.add_argument(
+        "--model", type=Path, default=MODEL_FILE, help=f"model file (default {MODEL_FILE})"
+    )
+    predict.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        metavar="N",
+        help="images per forward pass (default 32)",
+    )
+
+    summary = commands.add_parser(
+        "summary",
+        help="show the model's layers, trainable flags and parameter counts",
+        description="Print every layer with its output shape, parameter count and whether "
+        "fine-tuning trained it; optionally draw the architecture (needs graphviz).",
+    )
+    summary.add_argument(
+        "--model", type=Path, default=MODEL_FILE, help=f"model file (default {MODEL_FILE})"
+    )
+    summary.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="also draw the architecture to FILE.png"
+    )
+    return parser
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The files named, plus the image files found under each folder named, in a stable order."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(
+                sorted(
+                    p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                )
+            )
+        else:
+            files.append(path)
+    return files
+
+
+def model_info(model_path: Path) -> dict:
+    """Backbone name, input size and class names stored next to the model by `finetune`."""
+    info_path = model_path.with_suffix(".json")
+    if not info_path.exists():
+        raise UserError(
+            f"{info_path} is missing: it is written with {model_path} by the finetune stage "
+            "(run `dvc repro`)"
+        )
+    info = load_json(info_path)
+    if not isinstance(info, dict) or not {"backbone", "image_size", "classes"} <= set(info):
+        raise UserError(
+            f"{info_path}: expected the keys backbone, image_size and classes written by the "
+            "finetune stage; run `dvc repro`"
+        )
+    return info
+
+
+def predict(args: argparse.Namespace) -> int:
+    from tlpipe.images import to_backbone_input
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise UserError("--top-k and --batch-size must be at least 1")
+    info = model_info(args.model)
+    model = load_model(args.model)
+    classes, top_k = info["classes"], min(args.top_k, len(info["classes"]))
+
+    files = image_files(args.paths)
+    if not files:
+        raise UserError(
+            f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, args.paths))}"
+        )
+    results, failed = [], 0
+    readable: list[tuple[Path, np.ndarray]] = []
+    for path in files:
+        try:
+            readable.append((path, read_image(path, None)))
+        except UNREADABLE_IMAGE as error:  # not found, not an image, truncated
+            failed += 1
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"error: {path}: not a readable image ({reason})", file=sys.stderr)
+    for start in range(0, len(readable), args.batch_size):
+        chunk = readable[start : start + args.batch_size]
+        batch = np.concatenate(
+            [
+                to_backbone_input(image[np.newaxis], info["image_size"], info["backbone"])
+                for _, image in chunk
+            ]
+        )
+        probabilities = model.predict(batch, verbose=0)
+        for (path, _), row in zip(chunk, probabilities, strict=True):
+            best = np.argsort(row)[::-1][:top_k]
+            results.append(
+                {
+                    "path": str(path),
+                    "predictions": [
+                        {"class": classes[i], "probability": float(row[i])} for i in best
+                    ],
+                }
+            )
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for result in results:
+            ranked = "  ".join(
+                f"{p['class']}\t{p['probability']:.4f}" for p in result["predictions"]
+            )
+            print(f"{result['path']}\t{ranked}")
+    return 1 if failed else 0
+
+
+def summary(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    model.summary(show_trainable=True, expand_nested=True)
+    if args.plot:
+        import keras
+
+        try:
+            keras.utils.plot_model(
+                model,
+                to_file=str(args.plot),
+                show_shapes=True,
+                show_trainable=True,
+                expand_nested=False,
+            )
+        except ImportError:
+            raise UserError(
+                "--plot needs graphviz (the `dot` program) and pydot: "
+                "e.g. `apt-get install graphviz`"
+            ) from None
+        print(f"architecture drawn to {args.plot}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    command = {"predict": predict, "summary": summary}[args.command]
+
+    def run() -> None:
+        code = command(args)
+        if code:
+            sys.exit(code)
+
+    run_stage(run, interrupted="interrupted")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Running the frozen conv base once over every image, streaming two caches to .npy.
+
+One forward pass gives both: the activations at the freeze boundary (the last layer before
+`finetune.unfreeze_from`), so fine-tuning trains the top block without recomputing the frozen
+layers, and the conv base's output, the input of the dense head.
+"""
+
+from __future__ import annotations
+
+import mmap
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from tlpipe.runtime import UserError
+from tlpipe.storage import array_writer
+
+
+def check_free_space(folder: Path, needed_bytes: int) -> None:
+    """Refuse before writing if the feature files will not fit on the disk."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed_bytes > free:
+        raise UserError(
+            f"features: need {needed_bytes / 2**30:.2f} GiB in {folder} "
+            f"but only {free / 2**30:.2f} GiB "
+            "is free; free some space or lower prepare.image_size / data.limit"
+        )
+
+
+def compile_forward(
+    bottom: keras.Model, top: keras.Model
+) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """One traced graph returning (boundary activations, conv-base output) for any batch size.
+
+    Compile once and pass it to every `extract_features` call, so several splits pay for tracing
+    only once.
+    """
+    spec = tf.TensorSpec((None, *bottom.input.shape[1:]), tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def forward(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        at_boundary = bottom(images, training=False)
+        return at_boundary, top(at_boundary, training=False)
+
+    return forward
+
+
+def _release_pages(array: np.ndarray, start: int, stop: int) -> None:
+    """Unmap rows [start, stop) of a shared, file-backed np.memmap from this process's memory.
+
+    Every page read or written through a memmap otherwise stays resident until the array is
+    closed, so memory would grow with the number of images. MADV_DONTNEED on a shared file
+    mapping loses nothing: the data stays in the file (and the page cache) and is mapped back in
+    if touched again. Anything that is not such a mapping (plain arrays, copy-on-write memmaps)
+    is left alone.
+    """
+    mapping = getattr(array, "_mmap", None)
+    if (
+        mapping is None
+        or getattr(array, "mode", "c") == "c"
+        or not array.flags.c_contiguous
+        or stop <= start
+    ):
+        return
+    row_bytes = array.strides[0]
+    base = np.frombuffer(mapping, np.uint8).ctypes.data
+    first = array.ctypes.data - base + start * row_bytes
+    last = first + (stop - start) * row_bytes
+    first -= first % mmap.PAGESIZE
+    last -= last % mmap.PAGESIZE  # a page shared with the next rows stays mapped
+    if last > first:
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def extract_features(
+    bottom: keras.Model,
+    top: keras.Model,
+    images: np.ndarray,
+    *,
+    batch_size: int,
+    boundary_path: Path,
+    head_path: Path,
+    label: str,
+    forward: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None,
+) -> float:
+    """Stream `images` through bottom then top; write both outputs; return images per second.
+
+    While the conv base runs on one batch (TensorFlow's own threads, GIL released), one helper
+    thread reads the next batch and another writes the previous batch's outputs, so disk I/O
+    overlaps compute. Memory stays flat in the number of images: input and output pages are
+    released once used (see `_release_pages`) and at most three batches are in flight.
+    `forward` is `compile_forward(bottom, top)`, compiled here if not given.
+    """
+    forward = forward or compile_forward(bottom, top)
+    n = len(images)
+    boundary_shape = (n, *bottom.output.shape[1:])
+    head_shape = (n, *top.output.shape[1:])
+
+    def read(start: int) -> tf.Tensor:
+        stop = min(start + batch_size, n)
+        batch = tf.constant(np.asarray(images[start:stop], dtype=np.float32))
+        _release_pages(images, start, stop)
+        return batch
+
+    started = time.perf_counter()
+    with (
+        array_writer(boundary_path, boundary_shape, np.float32) as boundary_out,
+        array_writer(head_path, head_shape, np.float32) as head_out,
+        ThreadPoolExecutor(1, thread_name_prefix="features-read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="features-write") as writer,
+        tqdm(total=n, unit="img", desc=f"features {label}", mininterval=2.0) as progress,
+    ):
+
+        def write(start: int, at_boundary: tf.Tensor, at_output: tf.Tensor) -> None:
+            stop = start + len(at_boundary)
+            boundary_out[start:stop] = at_boundary.numpy()
+            head_out[start:stop] = at_output.numpy()
+            _release_pages(boundary_out, start, stop)
+            _release_pages(head_out, start, stop)
+
+        next_batch = reader.submit(read, 0) if n else None
+        written = None
+        for start in range(0, n, batch_size):
+            batch = next_batch.result()
+            if start + batch_size < n:
+                next_batch = reader.submit(read, start + batch_size)
+            at_boundary, at_output = forward(batch)
+            if written is not None:
+                written.result()  # re-raise a failed write; keep at most one write in flight
+            written = writer.submit(write, start, at_boundary, at_output)
+            progress.update(len(batch))
+        if written is not None:
+            written.result()
+    return n / max(time.perf_counter() - started, 1e-9)

@@ -1,0 +1,284 @@
+"""params.yaml as one typed, validated object.
+
+Every stage calls `load_params()` and reads its own section. The whole file is checked up front by
+pydantic models, so mistakes anywhere stop the first stage with one line per mistake naming the
+key, the value and what is allowed. Validation is strict where pydantic's lax mode would guess
+(`true` is not an integer, `"yes"` is not a boolean), except that numbers and booleans may arrive
+as text: `dvc exp run -S lr=1e-5` writes `1e-05`, which PyYAML (YAML 1.1) reads as the string
+"1e-05". `write_schema()` emits the JSON Schema that editors use to check and complete params.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import annotated_types
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+
+from tlpipe.backbone import BACKBONES
+from tlpipe.paths import PARAMS_FILE
+from tlpipe.runtime import UserError
+
+SCHEMA_FILE = Path("params.schema.json")
+MIN_IMAGE_SIZE = 32  # keras.applications backbones need at least 32x32 inputs
+MAX_BATCH = 4096
+
+
+class ParamsError(UserError):
+    """A value in params.yaml that the pipeline cannot use."""
+
+
+def _number_from_text(value: Any) -> Any:
+    """'1e-05' -> 1e-05 and '3' -> 3; anything else unchanged, for the strict check to judge."""
+    if not isinstance(value, str):
+        return value
+    for number in (int, float):
+        try:
+            return number(value.strip())
+        except ValueError:
+            pass
+    return value
+
+
+def _integer(value: Any) -> Any:
+    value = _number_from_text(value)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _bool_from_text(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return value
+
+
+def _stripped(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+Integer = Annotated[int, BeforeValidator(_integer), Field(strict=True)]
+Number = Annotated[
+    float, BeforeValidator(_number_from_text), Field(strict=True, allow_inf_nan=False)
+]
+Boolean = Annotated[bool, BeforeValidator(_bool_from_text), Field(strict=True)]
+Text = Annotated[str, BeforeValidator(_stripped), Field(strict=True, min_length=1)]
+BatchSize = Annotated[Integer, Field(ge=1, le=MAX_BATCH)]
+Fraction = Annotated[Number, Field(gt=0.0, lt=1.0)]
+BackboneName = Literal[tuple(BACKBONES)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DataParams(Section):
+    dataset: Text  # a tensorflow-datasets name, "digits", or a folder with one sub-folder per class
+    limit: Integer | None = Field(ge=2)  # cap on training images; None keeps all
+    image_size: Integer | None = Field(ge=MIN_IMAGE_SIZE)  # for images that differ in size
+
+    @property
+    def is_digits(self) -> bool:
+        return self.dataset == "digits"
+
+    @property
+    def folder(self) -> Path | None:
+        """The image folder when `dataset` names one, else None (a tfds name or digits)."""
+        if self.is_digits:
+            return None
+        path = Path(self.dataset)
+        looks_like_path = (
+            "/" in self.dataset or "\\" in self.dataset or self.dataset.startswith(".")
+        )
+        return path if path.is_dir() or looks_like_path else None
+
+    @field_validator("dataset")
+    @classmethod
+    def _folder_exists(cls, dataset: str) -> str:
+        folder = cls.model_construct(dataset=dataset).folder
+        if folder is not None and not folder.is_dir():
+            raise ValueError(
+                ", which is not a folder; use a tensorflow-datasets name (e.g. cifar10), "
+                "'digits', or a folder with one sub-folder of images per class"
+            )
+        return dataset
+
+
+class PrepareParams(Section):
+    image_size: Integer = Field(ge=MIN_IMAGE_SIZE, le=1024)
+    val_fraction: Fraction
+    test_fraction: Fraction
+
+
+class BackboneParams(Section):
+    name: BackboneName
+    weights: Text  # "imagenet", "none", or a path to a local .h5
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights(cls, value: Any) -> Any:
+        if value is None:
+            return "none"
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        if value.lower() in ("imagenet", "none"):
+            return value.lower()
+        if not value.endswith(".h5") or not Path(value).is_file():
+            raise ValueError(
+                "; expected imagenet, none, or the path of an existing .h5 weights file"
+            )
+        return value
+
+
+class FeaturesParams(Section):
+    batch_size: BatchSize
+
+
+class TrainParams(Section):
+    epochs: Integer = Field(ge=1)
+    batch_size: BatchSize
+    lr: Number = Field(gt=0.0, le=1.0)
+    units: Integer = Field(ge=1)
+    dropout: Number = Field(ge=0.0, lt=1.0)
+    patience: Integer = Field(ge=1)
+
+
+class FinetuneParams(Section):
+    epochs: Integer = Field(ge=1)
+    batch_size: BatchSize
+    unfreeze_from: Text  # a layer name; `auto` is resolved to the backbone's last block on loading
+    patience: Integer = Field(ge=1)
+    augment: Boolean
+
+
+class EvaluateParams(Section):
+    batch_size: BatchSize
+
+
+class Params(Section):
+    seed: Integer = Field(ge=0)
+    lr: Number = Field(gt=0.0, le=1.0)
+    data: DataParams
+    prepare: PrepareParams
+    backbone: BackboneParams
+    features: FeaturesParams
+    train: TrainParams
+    finetune: FinetuneParams
+    evaluate: EvaluateParams
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; raise ParamsError with one line per mistake."""
+    try:
+        raw = yaml.safe_load(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(
+            f"{path} not found: run the pipeline from the project's top folder"
+        ) from None
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise ParamsError(
+            f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} on line {line}); "
+            "save it as UTF-8"
+        ) from None
+    except OSError as error:  # a folder, unreadable
+        raise ParamsError(
+            f"{path} cannot be read ({error.strerror or error}); expected a YAML file"
+        ) from None
+    except yaml.YAMLError as error:
+        line = getattr(getattr(error, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        problem = getattr(error, "problem", error)
+        raise ParamsError(f"{path} is not valid YAML{where}: {problem}") from None
+    return parse_params(raw)
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a params mapping (as read from YAML) into Params."""
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError("\n".join(_explain(problem) for problem in error.errors())) from None
+    if params.prepare.val_fraction + params.prepare.test_fraction >= 1.0:
+        raise ParamsError(
+            f"prepare.val_fraction + prepare.test_fraction: got {params.prepare.val_fraction} + "
+            f"{params.prepare.test_fraction}; their sum must be below 1 to leave training images"
+        )
+    if params.finetune.unfreeze_from == "auto":
+        params.finetune.unfreeze_from = BACKBONES[params.backbone.name].last_block
+    return params
+
+
+def write_schema(path: Path = SCHEMA_FILE) -> None:
+    """Write the JSON Schema of params.yaml (see the README for pointing an editor at it)."""
+    schema = Params.model_json_schema()
+    schema["title"] = "params.yaml of a tlpipe project"
+    path.write_text(json.dumps(schema, indent=2) + "\n")
+
+
+def _explain(problem: dict[str, Any]) -> str:
+    """One pydantic error as 'key: got value; expected what is allowed'."""
+    loc = [str(part) for part in problem["loc"]]
+    key = ".".join(loc) or PARAMS_FILE.name
+    if problem["type"] == "extra_forbidden":
+        section = _model_at(loc[:-1])
+        where = ".".join(loc[:-1]) or PARAMS_FILE.name
+        return f"{key}: unknown key; {where} allows {', '.join(section.model_fields)}"
+    if problem["type"] == "missing":
+        return f"{key}: missing from {PARAMS_FILE.name}"
+    if problem["type"] == "value_error":  # our validators' reasons continue "key: got value"
+        return f"{key}: got {problem['input']!r}{problem['ctx']['error']}"
+    if loc:
+        field = _model_at(loc[:-1]).model_fields[loc[-1]]
+        allowed = _allowed(field.annotation, field.metadata)
+    else:
+        allowed = _allowed(Params, [])
+    return f"{key}: got {problem['input']!r}; expected {allowed}"
+
+
+def _model_at(loc: list[str]) -> type[BaseModel]:
+    model: type[BaseModel] = Params
+    for name in loc:
+        model = model.model_fields[name].annotation
+    return model
+
+
+BOUNDS = (
+    (annotated_types.Ge, "ge", ">="),
+    (annotated_types.Gt, "gt", ">"),
+    (annotated_types.Le, "le", "<="),
+    (annotated_types.Lt, "lt", "<"),
+)
+
+
+def _allowed(annotation: Any, metadata: list[Any]) -> str:
+    """What a field accepts, in words, from its type and constraints."""
+    if get_origin(annotation) is Annotated:
+        base, *extra = get_args(annotation)
+        return _allowed(base, [*extra, *metadata])
+    args = get_args(annotation)
+    if type(None) in args:
+        inner = next(arg for arg in args if arg is not type(None))
+        return f"{_allowed(inner, metadata)} or null"
+    for item in list(metadata):
+        if isinstance(item, FieldInfo):
+            metadata = [*metadata, *item.metadata]
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"a mapping with keys {', '.join(annotation.model_fields)}"
+    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}
+    bounds = [
+        f"{symbol} {getattr(item, attribute)}"
+        for item in metadata
+        for bound, attribute, symbol in BOUNDS
+        if isinstance(item, bound)
+    ]
+    return (
+        " and ".join([f"{kind[annotation]} {bounds[0]}", *bounds[1:]])
+        if bounds
+        else kind[annotation]
+    )

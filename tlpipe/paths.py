@@ -1,0 +1,68 @@
+"""Every file and folder the pipeline reads or writes, relative to the project's top folder.
+
+dvc.yaml names the same paths, since DVC tracks them; tests/test_layout.py checks that each data
+path there is one defined here. Per-split files take the folder as an argument so that tests can
+write them elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+SPLITS = ("train", "val", "test")
+
+# download: the dataset as uint8 images and integer labels
+RAW_DIR = Path("data/raw")
+# prepare: resized, 3-channel, normalised images, one-hot labels, seeded splits
+PREPARED_DIR = Path("data/prepared")
+# features: the conv base's outputs (the head's input) and the freeze-boundary activations
+FEATURES_DIR = Path("data/features")
+HEAD_FEATURES_DIR = FEATURES_DIR / "head"
+BOUNDARY_DIR = FEATURES_DIR / "boundary"
+BACKBONE_FILE = FEATURES_DIR / "backbone.keras"
+BOUNDARY_INFO_FILE = FEATURES_DIR / "boundary.json"
+# train, finetune: the models
+HEAD_FILE = Path("models/head.keras")
+MODEL_FILE = Path("models/model.keras")
+MODEL_INFO_FILE = Path("models/model.json")
+# train, finetune, evaluate: metrics and plots (DVCLive folders, the report)
+TRAIN_LIVE_DIR = Path("metrics/train")
+FINETUNE_LIVE_DIR = Path("metrics/finetune")
+METRICS_FILE = Path("metrics/evaluate.json")
+REPORT_DIR = Path("metrics/report")
+
+
+def raw_images(split: str, folder: Path = RAW_DIR) -> Path:
+    """uint8 images (N, H, W, 1|3) of the dataset's own `train` or `test` split."""
+    return folder / f"{split}_images.npy"
+
+
+def raw_labels(split: str, folder: Path = RAW_DIR) -> Path:
+    return folder / f"{split}_labels.npy"
+
+
+def classes_file(folder: Path) -> Path:
+    """The class names, in label order (RAW_DIR and PREPARED_DIR each hold one)."""
+    return folder / "classes.json"
+
+
+def prepared_images(split: str, folder: Path = PREPARED_DIR) -> Path:
+    return folder / f"{split}_x.npy"
+
+
+def prepared_labels(split: str, folder: Path = PREPARED_DIR) -> Path:
+    return folder / f"{split}_y.npy"
+
+
+def prepared_index(split: str, folder: Path = PREPARED_DIR) -> Path:
+    """Rows of the raw array each prepared image came from, for tracing a result back."""
+    return folder / f"{split}_index.npy"
+
+
+def head_features(split: str) -> Path:
+    return HEAD_FEATURES_DIR / f"{split}.npy"
+
+
+def boundary_features(split: str) -> Path:
+    return BOUNDARY_DIR / f"{split}.npy"

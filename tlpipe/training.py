@@ -1,0 +1,120 @@
+"""The trainable models and how they are fitted: the dense head, the fine-tuning cut, RMSprop with
+cross-entropy, early stopping, and curves logged with DVCLive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from dvclive import Live
+from dvclive.keras import DVCLiveCallback
+from dvclive.utils import standardize_metric_name
+
+from tlpipe.backbone import split_at
+from tlpipe.report import plot_curves
+
+
+def build_head(
+    input_shape: tuple[int, ...], n_classes: int, *, units: int, dropout: float
+) -> keras.Model:
+    """Flatten -> Dense(units, relu) -> Dropout -> Dense(n_classes, softmax)."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            keras.layers.Flatten(),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(n_classes, activation="softmax"),
+        ],
+        name="head",
+    )
+
+
+def build_finetune_models(
+    backbone: keras.Model, head: keras.Model, boundary: str
+) -> tuple[keras.Model, keras.Model]:
+    """(trainable part on boundary activations, full model on images); they share their layers.
+
+    Layers up to and including `boundary` are frozen; everything after it, and the head, trains,
+    except BatchNormalization layers: they stay frozen, in inference mode, so that small
+    fine-tuning batches do not overwrite the statistics the backbone learned.
+    """
+    bottom, top = split_at(backbone, boundary)
+    for layer in bottom.layers:
+        layer.trainable = False
+    for layer in top.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    activations = keras.Input(shape=top.input.shape[1:], name="boundary_activations")
+    trainable = keras.Model(activations, head(top(activations)), name="finetune_top")
+    full = keras.Model(backbone.input, head(backbone.output), name="finetuned")
+    return trainable, full
+
+
+def build_augmentation(seed: int) -> keras.Sequential:
+    """Random flips, small shifts, rotations and zoom, each layer seeded."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomTranslation(0.1, 0.1, seed=seed + 1),
+            keras.layers.RandomRotation(0.05, seed=seed + 2),
+            keras.layers.RandomZoom(0.1, seed=seed + 3),
+        ],
+        name="augmentation",
+    )
+
+
+def compile_classifier(model: keras.Model, lr: float) -> None:
+    """RMSprop at learning rate `lr`, categorical cross-entropy, accuracy: head and fine-tuning."""
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=lr),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def fit_logged(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    *,
+    epochs: int,
+    batch_size: int,
+    patience: int,
+    live_dir: Path,
+    title: str,
+) -> keras.callbacks.History:
+    """Fit with early stopping on val_loss (best weights restored); log every epoch to `live_dir`.
+
+    DVCLive writes metrics.json and per-epoch .tsv curves; dvc.yaml declares them, so DVCLive is
+    told not to edit dvc.yaml itself nor to create experiments of its own. metrics.json then holds
+    the best epoch's values, those of the weights kept, not the last epoch's. The same curves are
+    drawn to `live_dir`/curves.png.
+    """
+    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=patience, restore_best_weights=True
+    )
+    history = model.fit(
+        train[0],
+        train[1],
+        validation_data=val,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        callbacks=[stop, DVCLiveCallback(live=live)],
+        verbose=2,
+    )
+    summarise_best_epoch(live, history.history, stop.best_epoch)
+    plot_curves(history.history, title, Path(live_dir) / "curves.png")
+    return history
+
+
+def summarise_best_epoch(live: Live, history: dict[str, list[float]], best_epoch: int) -> None:
+    """Rewrite DVCLive's summary (the last epoch's values) with those of `best_epoch` (0-based)."""
+    for name, values in history.items():
+        split, metric = standardize_metric_name(name, "dvclive.keras").split("/", 1)
+        live.summary.setdefault(split, {})[metric] = values[best_epoch]
+    live.summary["best_epoch"] = best_epoch + 1
+    live.make_summary()
