@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import SHIPPED_PARAMS, SHIPPED_PARAMS_DICT, params_with
-from tlpipe.params import ParamsError, load_params, parse_params
+from tests.helpers import REPO, SHIPPED_PARAMS, SHIPPED_PARAMS_DICT, params_with
+from tlpipe.params import SCHEMA_FILE, ParamsError, load_params, parse_params, write_schema
 
 
 def test_defaults_are_the_real_product(tmp_path):
@@ -127,3 +128,20 @@ def test_any_value_is_either_accepted_or_refused_with_a_message_naming_the_key(k
     except ParamsError as error:
         assert str(error).startswith(f"{key}: ")
         assert "\n" not in str(error)
+
+
+def test_the_json_schema_in_the_repository_is_the_one_the_models_generate(tmp_path):
+    write_schema(tmp_path / "schema.json")
+    assert (tmp_path / "schema.json").read_text() == (REPO / SCHEMA_FILE).read_text(), (
+        "params.schema.json is out of date: run `make schema`"
+    )
+
+
+def test_editors_reading_the_schema_accept_the_shipped_params_and_flag_mistakes():
+    import jsonschema
+
+    schema = json.loads((REPO / SCHEMA_FILE).read_text())
+    jsonschema.validate(SHIPPED_PARAMS_DICT, schema)
+    for key, value in [("train.epochs", 0), ("backbone.name", "alexnet"), ("train.epoch", 3)]:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(params_with(key, value), schema)

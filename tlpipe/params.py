@@ -59,14 +59,29 @@ def _stripped(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
-Integer = Annotated[int, BeforeValidator(_integer), Field(strict=True)]
-Number = Annotated[
-    float, BeforeValidator(_number_from_text), Field(strict=True, allow_inf_nan=False)
-]
-Boolean = Annotated[bool, BeforeValidator(_bool_from_text), Field(strict=True)]
-Text = Annotated[str, BeforeValidator(_stripped), Field(strict=True, min_length=1)]
-BatchSize = Annotated[Integer, Field(ge=1, le=MAX_BATCH)]
-Fraction = Annotated[Number, Field(gt=0.0, lt=1.0)]
+def _integer_type(**bounds: int) -> Any:
+    """A strict int with bounds; text ('3') and whole floats (3.0) are converted first."""
+    return Annotated[int, Field(strict=True, **bounds), BeforeValidator(_integer)]
+
+
+def _number_type(**bounds: float) -> Any:
+    """A strict, finite float with bounds; text ('1e-05') is converted first."""
+    field = Field(strict=True, allow_inf_nan=False, **bounds)
+    return Annotated[float, field, BeforeValidator(_number_from_text)]
+
+
+# Bounds come before the converters inside each type, so that they also reach the JSON Schema.
+Count = _integer_type(ge=1)
+BatchSize = _integer_type(ge=1, le=MAX_BATCH)
+Seed = _integer_type(ge=0)
+Limit = _integer_type(ge=2)
+ImageSize = _integer_type(ge=MIN_IMAGE_SIZE)
+InputSize = _integer_type(ge=MIN_IMAGE_SIZE, le=1024)
+LearningRate = _number_type(gt=0.0, le=1.0)
+Fraction = _number_type(gt=0.0, lt=1.0)
+Dropout = _number_type(ge=0.0, lt=1.0)
+Boolean = Annotated[bool, Field(strict=True), BeforeValidator(_bool_from_text)]
+Text = Annotated[str, Field(strict=True, min_length=1), BeforeValidator(_stripped)]
 BackboneName = Literal[tuple(BACKBONES)]
 
 
@@ -76,8 +91,8 @@ class Section(BaseModel):
 
 class DataParams(Section):
     dataset: Text  # a tensorflow-datasets name, "digits", or a folder with one sub-folder per class
-    limit: Integer | None = Field(ge=2)  # cap on training images; None keeps all
-    image_size: Integer | None = Field(ge=MIN_IMAGE_SIZE)  # for images that differ in size
+    limit: Limit | None  # cap on training images; None keeps all
+    image_size: ImageSize | None  # for images that differ in size; None keeps the native size
 
     @property
     def is_digits(self) -> bool:
@@ -86,18 +101,12 @@ class DataParams(Section):
     @property
     def folder(self) -> Path | None:
         """The image folder when `dataset` names one, else None (a tfds name or digits)."""
-        if self.is_digits:
-            return None
-        path = Path(self.dataset)
-        looks_like_path = (
-            "/" in self.dataset or "\\" in self.dataset or self.dataset.startswith(".")
-        )
-        return path if path.is_dir() or looks_like_path else None
+        return _named_folder(self.dataset)
 
     @field_validator("dataset")
     @classmethod
     def _folder_exists(cls, dataset: str) -> str:
-        folder = cls.model_construct(dataset=dataset).folder
+        folder = _named_folder(dataset)
         if folder is not None and not folder.is_dir():
             raise ValueError(
                 ", which is not a folder; use a tensorflow-datasets name (e.g. cifar10), "
@@ -106,8 +115,16 @@ class DataParams(Section):
         return dataset
 
 
+def _named_folder(dataset: str) -> Path | None:
+    """`dataset` as a folder path if it is one or is written like one (./x, a/b), else None."""
+    if dataset == "digits":
+        return None
+    looks_like_path = "/" in dataset or "\\" in dataset or dataset.startswith(".")
+    return Path(dataset) if Path(dataset).is_dir() or looks_like_path else None
+
+
 class PrepareParams(Section):
-    image_size: Integer = Field(ge=MIN_IMAGE_SIZE, le=1024)
+    image_size: InputSize
     val_fraction: Fraction
     test_fraction: Fraction
 
@@ -138,19 +155,19 @@ class FeaturesParams(Section):
 
 
 class TrainParams(Section):
-    epochs: Integer = Field(ge=1)
+    epochs: Count
     batch_size: BatchSize
-    lr: Number = Field(gt=0.0, le=1.0)
-    units: Integer = Field(ge=1)
-    dropout: Number = Field(ge=0.0, lt=1.0)
-    patience: Integer = Field(ge=1)
+    lr: LearningRate
+    units: Count
+    dropout: Dropout
+    patience: Count
 
 
 class FinetuneParams(Section):
-    epochs: Integer = Field(ge=1)
+    epochs: Count
     batch_size: BatchSize
     unfreeze_from: Text  # a layer name; `auto` is resolved to the backbone's last block on loading
-    patience: Integer = Field(ge=1)
+    patience: Count
     augment: Boolean
 
 
@@ -159,8 +176,8 @@ class EvaluateParams(Section):
 
 
 class Params(Section):
-    seed: Integer = Field(ge=0)
-    lr: Number = Field(gt=0.0, le=1.0)
+    seed: Seed
+    lr: LearningRate
     data: DataParams
     prepare: PrepareParams
     backbone: BackboneParams
