@@ -18,6 +18,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+ALL_STAGES = frozenset({"download", "prepare", "features", "train", "finetune", "evaluate"})
 # The offline configuration, as small as still learns: for tests that run the pipeline several
 # times.
 OFFLINE = ["-S", "data.dataset=digits", "-S", "backbone.weights=none"]
@@ -79,6 +80,13 @@ def run(
     return result
 
 
+def commit_all(root: Path, message: str) -> None:
+    """Commit every change in the repository at `root` (DVC experiments need a commit)."""
+    run(["git", "add", "-A"], root)
+    identity = ["-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    run(["git", *identity, "commit", "-qm", message], root)
+
+
 def stages_that_ran(output: str) -> set[str]:
     """Stage names DVC reports as run in its output."""
     return set(re.findall(r"Running stage '(\w+)'", output))
@@ -105,18 +113,5 @@ def copy_project(root: Path) -> Path:
             shutil.copy2(REPO / name, root / name)
     (root / "params.yaml").write_text(SHIPPED_PARAMS)
     run(["git", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(
-        [
-            "git",
-            "-c",
-            "user.name=test",
-            "-c",
-            "user.email=test@example.invalid",
-            "commit",
-            "-qm",
-            "copy",
-        ],
-        root,
-    )
+    commit_all(root, "copy")
     return root

@@ -28,6 +28,7 @@ from tests.helpers import (
     TINY,
     VENV_BIN,
     command_env,
+    commit_all,
     copy_project,
     run,
     set_param,
@@ -51,19 +52,7 @@ def overrides_into_params(root: Path, overrides: list[str]) -> None:
     for key, value in (item.split("=", 1) for item in overrides if item != "-S"):
         set_param(params, key, yaml.safe_load(value))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(
-        [
-            "git",
-            "-c",
-            "user.name=test",
-            "-c",
-            "user.email=test@example.invalid",
-            "commit",
-            "-qam",
-            "tiny offline",
-        ],
-        root,
-    )
+    commit_all(root, "tiny offline")
 
 
 def tiny_offline_project(root: Path) -> Path:

@@ -19,14 +19,23 @@ import pytest
 import yaml
 from ruamel.yaml import YAML
 
-from tests.helpers import OFFLINE, REPO, SHIPPED_PARAMS, TINY, copy_project, run, set_param
+from tests.helpers import (
+    ALL_STAGES,
+    OFFLINE,
+    REPO,
+    SHIPPED_PARAMS,
+    TINY,
+    copy_project,
+    run,
+    set_param,
+)
 from tlpipe.params import parse_params
 
-STAGES = frozenset({"download", "prepare", "features", "train", "finetune", "evaluate"})
+STAGES = ALL_STAGES
 SEEDED = frozenset({"download", "prepare", "features", "train", "finetune"})
 
 # THE table. params.yaml key -> (another valid value, the stages that read the key);
-# stages/*.py module -> (None, the stages that import it, directly or through other modules).
+# stages/ or tlpipe/ module -> (None, the stages that import it, directly or through others).
 READERS: dict[str, tuple[object, frozenset[str]]] = {
     "seed": (7, SEEDED),  # evaluate is not seeded: it only predicts
     "lr": (3e-5, frozenset({"finetune"})),

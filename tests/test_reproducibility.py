@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import OFFLINE, TINY, copy_project, run, stages_that_ran
-
-ALL_STAGES = {"download", "prepare", "features", "train", "finetune", "evaluate"}
+from tests.helpers import ALL_STAGES, OFFLINE, TINY, copy_project, run, stages_that_ran
 
 
 @pytest.fixture(scope="module")
