@@ -158,7 +158,7 @@ class OtherLoad:
 
 # ------------------------------------------------------------------------------------- measurements
 def naive_loop(conv_base, images: np.ndarray) -> tuple[Callable[[], None], np.ndarray]:
-    """(run, its output array): the seed-003 loop of predict() on batches of 20, warmed up."""
+    """(run, its output array): the textbook loop of predict() on batches of 20, warmed up."""
     n = len(images)
     out = np.empty((n, *conv_base.output.shape[1:]), np.float32)
 
