@@ -218,7 +218,8 @@ def parse_params(raw: Any) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as error:
-        raise ParamsError("\n".join(_explain(problem) for problem in error.errors())) from None
+        problems = [_explain(problem, raw) for problem in error.errors()]
+        raise ParamsError("\n".join(problems)) from None
     if params.prepare.val_fraction + params.prepare.test_fraction >= 1.0:
         raise ParamsError(
             f"prepare.val_fraction + prepare.test_fraction: got {params.prepare.val_fraction} + "
@@ -236,9 +237,13 @@ def write_schema(path: Path = SCHEMA_FILE) -> None:
     path.write_text(json.dumps(schema, indent=2) + "\n")
 
 
-def _explain(problem: dict[str, Any]) -> str:
-    """One pydantic error as 'key: got value; expected what is allowed'."""
+def _explain(problem: dict[str, Any], raw: Any) -> str:
+    """One pydantic error as 'key: got value; expected what is allowed', the value as written."""
     loc = [str(part) for part in problem["loc"]]
+    written = raw
+    for part in loc:
+        written = written.get(part) if isinstance(written, dict) else None
+    value = written if loc else raw
     key = ".".join(loc) or PARAMS_FILE.name
     if problem["type"] == "extra_forbidden":
         section = _model_at(loc[:-1])
@@ -247,13 +252,13 @@ def _explain(problem: dict[str, Any]) -> str:
     if problem["type"] == "missing":
         return f"{key}: missing from {PARAMS_FILE.name}"
     if problem["type"] == "value_error":  # our validators' reasons continue "key: got value"
-        return f"{key}: got {problem['input']!r}{problem['ctx']['error']}"
+        return f"{key}: got {value!r}{problem['ctx']['error']}"
     if loc:
         field = _model_at(loc[:-1]).model_fields[loc[-1]]
         allowed = _allowed(field.annotation, field.metadata)
     else:
         allowed = _allowed(Params, [])
-    return f"{key}: got {problem['input']!r}; expected {allowed}"
+    return f"{key}: got {value!r}; expected {allowed}"
 
 
 def _model_at(loc: list[str]) -> type[BaseModel]:
