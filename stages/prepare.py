@@ -1,7 +1,9 @@
-"""Stage `prepare`: resize, 3 channels, backbone normalisation, one-hot, seeded stratified splits.
+"""Stage `prepare`: resize, 3 channels, one-hot labels, seeded stratified splits.
 
-Reads data/raw/ and writes data/prepared/{train,val,test}_{x,y,index}.npy. A dataset's own test
-split is kept as the test split; otherwise `prepare.test_fraction` of the images is held out.
+Reads data/raw/ and writes data/prepared/{train,val,test}_{x,y,index}.npy: images as uint8
+pixels at the model's input size (the backbone's normalisation is the models' first layer). A
+dataset's own test split is kept as the test split; otherwise `prepare.test_fraction` of the
+images is held out.
 """
 
 import numpy as np
@@ -10,13 +12,13 @@ from tlpipe.params import load_params
 from tlpipe.paths import PREPARED_DIR, RAW_DIR, SPLITS, classes_file, raw_images, raw_labels
 from tlpipe.runtime import UserError, run_stage
 from tlpipe.splits import split_indices, write_split
-from tlpipe.storage import load_array, load_json, save_json
+from tlpipe.storage import load_array, load_json, open_rows, save_json
 
 
 def main() -> None:
     params = load_params()
     class_names = load_json(classes_file(RAW_DIR))
-    train_images = load_array(raw_images("train"))
+    train_images = open_rows(raw_images("train"))
     train_labels = load_array(raw_labels("train"), mmap=False)
     has_test = raw_images("test").exists()
     present = np.unique(train_labels)
@@ -29,7 +31,7 @@ def main() -> None:
     sources = {"train": (train_images, train_labels), "val": (train_images, train_labels)}
     if has_test:
         test_labels = load_array(raw_labels("test"), mmap=False)
-        sources["test"] = (load_array(raw_images("test")), test_labels)
+        sources["test"] = (open_rows(raw_images("test")), test_labels)
         indices["test"] = np.arange(len(test_labels))
     else:
         sources["test"] = (train_images, train_labels)
@@ -44,7 +46,6 @@ def main() -> None:
             split=split,
             n_classes=len(class_names),
             image_size=size,
-            backbone=params.backbone.name,
         )
     save_json(classes_file(PREPARED_DIR), class_names)
     counts = ", ".join(f"{split} {len(indices[split])}" for split in SPLITS)

@@ -9,7 +9,7 @@ import pytest
 from tests.helpers import params_with
 from tlpipe.backbone import BACKBONES, boundary_layer, build_conv_base, split_at
 from tlpipe.features import extract_features
-from tlpipe.images import to_backbone_input
+from tlpipe.images import to_model_input
 from tlpipe.params import parse_params
 from tlpipe.runtime import seed_everything
 from tlpipe.storage import load_array
@@ -26,11 +26,9 @@ def test_every_backbone_named_in_params_is_buildable():
 def test_backbone_offline_run_on_tiny_data(name, tmp_path):
     seed_everything(0)
     rng = np.random.default_rng(0)
-    raw = rng.integers(
-        0, 256, size=(12, 20, 20, 1), dtype=np.uint8
-    )  # grey, smaller than the input size
-    x = to_backbone_input(raw, 32, name)
-    assert x.shape == (12, 32, 32, 3) and np.isfinite(x).all()
+    grey_and_small = rng.integers(0, 256, size=(12, 20, 20, 1), dtype=np.uint8)
+    x = to_model_input(grey_and_small, 32)
+    assert x.shape == (12, 32, 32, 3) and x.dtype == np.uint8
     y = keras.utils.to_categorical(np.arange(12) % 3, 3)
 
     base = build_conv_base(name, "none", image_size=32)

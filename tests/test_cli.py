@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from tests.helpers import VENV_BIN, run
-from tlpipe.images import to_backbone_input
+from tlpipe.backbone import build_conv_base
+from tlpipe.images import to_model_input
 from tlpipe.runtime import seed_everything
-from tlpipe.storage import save_json, save_model
+from tlpipe.storage import load_model, save_json, save_model
 from tlpipe.training import build_head
 
 CLASSES = ["cat", "dog", "horse"]
@@ -26,7 +27,7 @@ def workdir(tmp_path_factory) -> Path:
     """models/model.keras + model.json (as finetune writes them) and a folder of test images."""
     root = tmp_path_factory.mktemp("cli")
     seed_everything(0)
-    base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    base = build_conv_base("vgg16", "none", image_size=32)
     head = build_head(base.output.shape[1:], 3, units=8, dropout=0.5)
     save_model(keras.Model(base.input, head(base.output)), root / "models/model.keras")
     save_json(
@@ -71,10 +72,10 @@ def test_predict_uses_the_training_preprocessing(workdir):
     probabilities = {p["class"]: p["probability"] for p in entry["predictions"]}
     assert set(probabilities) == set(CLASSES)
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
-    # The same numbers as the model on to_backbone_input of the grey file (as prepare does it).
-    model = keras.saving.load_model(workdir / "models/model.keras")
+    # The same numbers as the model on to_model_input of the grey file (as prepare does it).
+    model = load_model(workdir / "models/model.keras")
     grey = np.asarray(Image.open(workdir / "images/grey.png").convert("RGB"))[np.newaxis]
-    expected = model.predict(to_backbone_input(grey, 32, "vgg16"), verbose=0)[0]
+    expected = model.predict(to_model_input(grey, 32), verbose=0)[0]
     for index, name in enumerate(CLASSES):
         assert probabilities[name] == pytest.approx(float(expected[index]), abs=1e-5)
 

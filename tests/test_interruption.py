@@ -211,7 +211,8 @@ def test_sigint_stops_a_stage_within_seconds_with_one_line(tmp_path: Path):
     rng = np.random.default_rng(0)
     for split, count in (("train", 3000), ("val", 300), ("test", 300)):
         np.save(
-            prepared / f"{split}_x.npy", rng.normal(0, 60, (count, 32, 32, 3)).astype(np.float32)
+            prepared / f"{split}_x.npy",
+            rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
         )
 
     with Running([str(VENV_BIN / "python"), "-m", "stages.features"], tmp_path) as stage:

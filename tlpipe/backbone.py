@@ -4,10 +4,8 @@
 resolves `finetune.unfreeze_from: auto` from it. Keras is imported inside the functions, so reading
 the table (as params.py does for every stage and command) does not start TensorFlow.
 
-`preprocess` is the single place images are normalised for the backbone, used by `prepare` (and
-so by training, fine-tuning and evaluation) and by `tlpipe predict`. For VGG16 that is
-`keras.applications.vgg16.preprocess_input` ("caffe": RGB->BGR, ImageNet mean subtracted, input in
-0-255), never a division by 255.
+Every conv base starts with `BackboneNormalization` (tlpipe/normalization.py): its input is RGB
+pixels in 0-255, and the backbone's own `preprocess_input` runs inside the graph.
 """
 
 from __future__ import annotations
@@ -17,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from tlpipe.runtime import OFFLINE_DEMO, UserError
 
@@ -76,34 +72,37 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-def preprocess(images: np.ndarray, name: str) -> np.ndarray:
-    """Map RGB pixel values in 0-255 (any numeric dtype, shape N,H,W,3) to the backbone's input."""
-    import keras
-
-    preprocess_input = getattr(keras.applications, BACKBONES[name].module).preprocess_input
-    return preprocess_input(np.asarray(images, dtype=np.float32).copy())
-
-
 def keras_models_dir() -> Path:
     """Where Keras caches downloaded weights ($KERAS_HOME/models, default ~/.keras/models)."""
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
 def build_conv_base(name: str, weights: str, image_size: int) -> keras.Model:
-    """Backbone `name` without its classifier (`include_top=False`) for square RGB inputs.
+    """Backbone `name` without its classifier (`include_top=False`), on square RGB pixels.
 
-    `weights`: "imagenet" (downloaded once by Keras), "none" (random), or a local .h5 file.
+    Its input is float32 pixel values in 0-255, normalised inside the model by the backbone's
+    own preprocessing. `weights`: "imagenet" (downloaded once by Keras), "none" (random), or a
+    local .h5 file.
     """
     import keras
 
+    from tlpipe.normalization import BackboneNormalization
+
     spec = BACKBONES[name]
-    build = getattr(keras.applications, spec.application)
-    shape = (image_size, image_size, 3)
+    pixels = keras.Input((image_size, image_size, 3), name="pixels")
+    normalised = BackboneNormalization(spec.module, name="backbone_normalization")(pixels)
+
+    def build(weights: str | None) -> keras.Model:
+        application = getattr(keras.applications, spec.application)
+        base = application(weights=weights, include_top=False, input_tensor=normalised)
+        # Built on a tensor, the application takes its inputs as a list; one tensor is simpler.
+        return keras.Model(pixels, base.output, name=base.name)
+
     if weights == "none":
-        return build(weights=None, include_top=False, input_shape=shape)
+        return build(None)
     if weights == "imagenet":
         try:
-            return build(weights="imagenet", include_top=False, input_shape=shape)
+            return build("imagenet")
         except Exception as error:  # keras.utils.get_file raises a bare Exception on a failed fetch
             if "URL fetch failure" not in str(error):
                 raise
@@ -113,7 +112,7 @@ def build_conv_base(name: str, weights: str, image_size: int) -> keras.Model:
                 f"backbone.weights to a local .h5 file, or run the offline demo: {OFFLINE_DEMO}"
             ) from None
     try:
-        return build(weights=weights, include_top=False, input_shape=shape)
+        return build(weights)
     except (ValueError, OSError) as error:
         raise UserError(
             f"backbone.weights: {weights} does not hold {name} weights without the "
@@ -130,10 +129,11 @@ def boundary_layer(base: keras.Model, unfreeze_from: str) -> str:
             f"expected auto or one of its layers, e.g. {', '.join(names[-6:-2])}"
         )
     index = names.index(unfreeze_from)
-    if index < 2:
+    first_weighted = next(i for i, layer in enumerate(base.layers) if layer.weights)
+    if index <= first_weighted:
         raise UserError(
             f"finetune.unfreeze_from: got {unfreeze_from!r}; fine-tuning must leave at least the "
-            "first layer after the input frozen (try auto)"
+            "first layer with weights frozen (try auto)"
         )
     return names[index - 1]
 

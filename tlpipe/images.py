@@ -1,7 +1,8 @@
 """Images in and out of the model: decoding files, and the one path from pixels to backbone input.
 
-Training data (`prepare`) and new images (`tlpipe predict`) both go through `to_backbone_input`, so
-the normalisation at serving time is the one the model was trained with.
+Training data (`prepare`) and new images (`tlpipe predict`) both go through `to_model_input`, and
+the backbone's normalisation is inside the models (tlpipe/normalization.py), so serving cannot
+prepare images differently from training.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-
-from tlpipe.backbone import preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # What PIL raises for a file that is not a decodable image (missing, truncated, wrong format, huge).
@@ -28,17 +27,19 @@ def read_image(path: Path, size: int | None) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def to_backbone_input(images: np.ndarray, image_size: int, backbone: str) -> np.ndarray:
-    """uint8 images (N, H, W, 1|3) -> float32 (N, size, size, 3) ready for `backbone`.
+def to_model_input(images: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 images (N, H, W, 1|3) -> uint8 (N, size, size, 3), what every model takes.
 
-    Resize (bilinear, antialiased), repeat grey to three channels, then the backbone's own
-    `preprocess_input`.
+    Resize (bilinear, antialiased, rounded back to whole pixel values) and repeat grey to three
+    channels. The backbone's normalisation is not applied here: it is the models' first layer.
     """
     import tensorflow as tf
 
-    batch = tf.image.resize(
-        tf.cast(images, tf.float32), (image_size, image_size), method="bilinear", antialias=True
-    ).numpy()
-    if batch.shape[-1] == 1:
-        batch = np.repeat(batch, 3, axis=-1)
-    return preprocess(np.clip(batch, 0.0, 255.0), backbone)
+    batch = np.asarray(images)
+    if batch.shape[1:3] != (image_size, image_size):
+        resized = tf.image.resize(
+            tf.cast(batch, tf.float32), (image_size, image_size), method="bilinear", antialias=True
+        )
+        batch = np.clip(np.round(resized.numpy()), 0, 255)
+    batch = batch.astype(np.uint8)
+    return np.repeat(batch, 3, axis=-1) if batch.shape[-1] == 1 else batch

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.images import to_backbone_input
+from tlpipe.images import to_model_input
 from tlpipe.params import PrepareParams
 from tlpipe.paths import PREPARED_DIR, prepared_images, prepared_index, prepared_labels
 from tlpipe.runtime import UserError
-from tlpipe.storage import array_writer, save_array
+from tlpipe.storage import RowFile, array_writer, read_rows, release_rows, save_array
 
-BATCH = 256  # images normalised at a time: memory stays flat in the number of images
+BATCH = 256  # images resized at a time: memory stays flat in the number of images
 
 
 def stratified_split(
@@ -52,24 +52,25 @@ def split_indices(
 
 
 def write_split(
-    images: np.ndarray,
+    images: RowFile,
     labels: np.ndarray,
     indices: np.ndarray,
     *,
     split: str,
     n_classes: int,
     image_size: int,
-    backbone: str,
     out_dir: Path = PREPARED_DIR,
 ) -> None:
-    """Stream one split's normalised images, one-hot labels and source rows to `out_dir`."""
+    """Stream one split to `out_dir`: uint8 RGB images at the model's input size (rows
+    `indices`, ascending, of `images`), one-hot labels, and the source rows."""
     import keras
 
     shape = (len(indices), image_size, image_size, 3)
-    with array_writer(prepared_images(split, out_dir), shape, np.float32) as x:
+    with array_writer(prepared_images(split, out_dir), shape, np.uint8) as x:
         for start in range(0, len(indices), BATCH):
             chunk = indices[start : start + BATCH]
-            x[start : start + len(chunk)] = to_backbone_input(images[chunk], image_size, backbone)
+            x[start : start + len(chunk)] = to_model_input(read_rows(images, chunk), image_size)
+            release_rows(x, start, start + len(chunk))
     one_hot = keras.utils.to_categorical(labels[indices], n_classes).astype(np.float32)
     save_array(prepared_labels(split, out_dir), one_hot)
     save_array(prepared_index(split, out_dir), indices)
