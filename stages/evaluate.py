@@ -24,7 +24,8 @@ from tlpipe.paths import (
 )
 from tlpipe.report import scores, write_report
 from tlpipe.runtime import run_stage
-from tlpipe.storage import check_same_rows, load_array, load_json, load_model, save_json
+from tlpipe.storage import check_same_rows, load_array, load_json, load_model, open_rows, save_json
+from tlpipe.streaming import batches
 
 
 def raw_test_images(rows: np.ndarray) -> np.ndarray:
@@ -39,17 +40,11 @@ def main() -> None:
     class_names = load_json(classes_file(PREPARED_DIR))
     y_test = load_array(prepared_labels("test"), mmap=False)
     head_model, full_model = load_model(HEAD_FILE), load_model(MODEL_FILE)
-    features, images = load_array(head_features("test")), load_array(prepared_images("test"))
-    check_same_rows(
-        {
-            head_features("test"): features,
-            prepared_images("test"): images,
-            prepared_labels("test"): y_test,
-        }
-    )
-    batch = params.evaluate.batch_size
-    head_probabilities = head_model.predict(features, batch_size=batch, verbose=0)
-    model_probabilities = full_model.predict(images, batch_size=batch, verbose=0)
+    features, images = open_rows(head_features("test")), open_rows(prepared_images("test"))
+    check_same_rows({features.path: features, images.path: images, prepared_labels("test"): y_test})
+    batch_size = params.evaluate.batch_size
+    head_probabilities = head_model.predict(batches(features, batch_size=batch_size), verbose=0)
+    model_probabilities = full_model.predict(batches(images, batch_size=batch_size), verbose=0)
     head, finetuned = scores(y_test, head_probabilities), scores(y_test, model_probabilities)
     save_json(
         METRICS_FILE,

@@ -3,9 +3,11 @@
 The frozen layers give the same activations every epoch, so training runs on the activations
 cached at the freeze boundary by `features`: each epoch computes only the unfrozen block and the
 head. With `finetune.augment` the inputs change every epoch, so the cache cannot serve and every
-epoch runs the full model on augmented images. Writes the full image-to-class model,
-models/model.keras, with models/model.json (backbone, input size, class names) for
-`tlpipe predict`, and per-epoch curves to metrics/finetune/ with DVCLive.
+epoch runs the full model on augmented images. Inputs stream from disk in seeded shuffled
+batches. Writes the full model, models/model.keras (uint8-valued RGB pixels in, class
+probabilities out; the backbone's normalisation is its first layer), with models/model.json
+(backbone, input size, class names) for `tlpipe predict`, and per-epoch curves to
+metrics/finetune/ with DVCLive.
 """
 
 import keras
@@ -25,7 +27,8 @@ from tlpipe.paths import (
     prepared_labels,
 )
 from tlpipe.runtime import run_stage, seed_everything
-from tlpipe.storage import check_same_rows, load_array, load_json, load_model, save_json, save_model
+from tlpipe.storage import check_same_rows, load_json, load_model, open_rows, save_json, save_model
+from tlpipe.streaming import batches
 from tlpipe.training import (
     build_augmentation,
     build_finetune_models,
@@ -50,12 +53,10 @@ def main() -> None:
         print("finetune: augment is on, so every epoch runs the full model (no boundary cache)")
     else:
         model, source = trainable, boundary_features
-    data = {}
+    inputs = {split: open_rows(source(split)) for split in ("train", "val")}
+    labels = {split: open_rows(prepared_labels(split)) for split in ("train", "val")}
     for split in ("train", "val"):
-        labels = load_array(prepared_labels(split), mmap=False)
-        inputs = load_array(source(split), mmap=False)
-        check_same_rows({source(split): inputs, prepared_labels(split): labels})
-        data[split] = (inputs, labels)
+        check_same_rows({inputs[split].path: inputs[split], labels[split].path: labels[split]})
 
     compile_classifier(model, params.lr)
     trained = sum(layer.trainable for layer in trainable.layers[1].layers)
@@ -63,12 +64,12 @@ def main() -> None:
         f"finetune: training {trained} backbone layers from {params.finetune.unfreeze_from} "
         f"and the head at lr={params.lr:g}"
     )
+    batch_size = params.finetune.batch_size
     fit_logged(
         model,
-        data["train"],
-        data["val"],
+        batches(inputs["train"], labels["train"], batch_size=batch_size, seed=params.seed),
+        batches(inputs["val"], labels["val"], batch_size=batch_size),
         epochs=params.finetune.epochs,
-        batch_size=params.finetune.batch_size,
         patience=params.finetune.patience,
         live_dir=FINETUNE_LIVE_DIR,
         title="Fine-tuning",

@@ -1,13 +1,15 @@
 """Stage `train`: the dense head (Flatten -> Dense -> Dropout -> softmax) on cached conv features.
 
-Trains on data/features/head/ with early stopping; writes models/head.keras and per-epoch
-loss/accuracy (train and val) to metrics/train/ with DVCLive.
+Trains on data/features/head/, streamed from disk in seeded shuffled batches, with early
+stopping; writes models/head.keras and per-epoch loss/accuracy (train and val) to metrics/train/
+with DVCLive.
 """
 
 from tlpipe.params import load_params
 from tlpipe.paths import HEAD_FILE, TRAIN_LIVE_DIR, head_features, prepared_labels
 from tlpipe.runtime import run_stage, seed_everything
-from tlpipe.storage import check_same_rows, load_array, save_model
+from tlpipe.storage import check_same_rows, open_rows, save_model
+from tlpipe.streaming import batches
 from tlpipe.training import build_head, compile_classifier, fit_logged
 
 
@@ -15,24 +17,23 @@ def main() -> None:
     params = load_params()
     seed_everything(params.seed)
     train = params.train
-    data = {}
+    features = {split: open_rows(head_features(split)) for split in ("train", "val")}
+    labels = {split: open_rows(prepared_labels(split)) for split in ("train", "val")}
     for split in ("train", "val"):
-        x, y = (
-            load_array(head_features(split), mmap=False),
-            load_array(prepared_labels(split), mmap=False),
-        )
-        check_same_rows({head_features(split): x, prepared_labels(split): y})
-        data[split] = (x, y)
+        check_same_rows({features[split].path: features[split], labels[split].path: labels[split]})
 
-    x_train, y_train = data["train"]
-    head = build_head(x_train.shape[1:], y_train.shape[1], units=train.units, dropout=train.dropout)
+    head = build_head(
+        features["train"].shape[1:],
+        labels["train"].shape[1],
+        units=train.units,
+        dropout=train.dropout,
+    )
     compile_classifier(head, train.lr)
     fit_logged(
         head,
-        data["train"],
-        data["val"],
+        batches(features["train"], labels["train"], batch_size=train.batch_size, seed=params.seed),
+        batches(features["val"], labels["val"], batch_size=train.batch_size),
         epochs=train.epochs,
-        batch_size=train.batch_size,
         patience=train.patience,
         live_dir=TRAIN_LIVE_DIR,
         title="Dense head",

@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 
 from tlpipe.runtime import UserError
-from tlpipe.storage import array_writer, load_array, load_json, load_model, save_array, save_json
+from tlpipe.storage import (
+    array_writer,
+    load_array,
+    load_json,
+    load_model,
+    open_rows,
+    read_rows,
+    row_appender,
+    save_array,
+    save_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,3 +122,29 @@ def test_saved_models_keep_keras_uncompressed_entries(tmp_path):
             i.filename: i.compress_type for i in plain.infolist()
         }
         assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in ours.infolist())
+
+
+def test_appended_rows_make_one_npy_whatever_the_count(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 256, (n, 5, 4, 3), dtype=np.uint8) for n in (3, 0, 7, 1)]
+    with row_appender(tmp_path / "a.npy", (5, 4, 3)) as append:
+        for part in parts:
+            append(part)
+        assert not (tmp_path / "a.npy").exists()  # appears only once complete
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.concatenate(parts))
+    with row_appender(tmp_path / "empty.npy", (2,), np.float16):
+        pass
+    assert np.load(tmp_path / "empty.npy").shape == (0, 2)
+    with pytest.raises(RuntimeError), row_appender(tmp_path / "b.npy", (2,)) as append:
+        append(np.zeros((1, 2), np.uint8))
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.glob("*b*")) == []
+
+
+def test_rows_read_from_disk_equal_the_array(tmp_path):
+    array = np.random.default_rng(0).normal(size=(40, 3, 2)).astype(np.float16)
+    np.save(tmp_path / "a.npy", array)
+    rows = open_rows(tmp_path / "a.npy")
+    assert len(rows) == 40 and rows.shape == (40, 3, 2) and rows.dtype == np.float16
+    for wanted in ([0], [39], [1, 2, 3, 10, 11, 30], list(range(40)), []):
+        np.testing.assert_array_equal(read_rows(rows, np.array(wanted, int)), array[wanted])

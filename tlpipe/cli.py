@@ -108,7 +108,7 @@ def model_info(model_path: Path) -> dict:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from tlpipe.images import to_backbone_input
+    from tlpipe.images import to_model_input
 
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
@@ -122,42 +122,37 @@ def predict(args: argparse.Namespace) -> int:
             f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, args.paths))}"
         )
     results, failed = [], 0
-    readable: list[tuple[Path, np.ndarray]] = []
-    for path in files:
-        try:
-            readable.append((path, read_image(path, None)))
-        except UNREADABLE_IMAGE as error:  # not found, not an image, truncated
-            failed += 1
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            print(f"error: {path}: not a readable image ({reason})", file=sys.stderr)
-    for start in range(0, len(readable), args.batch_size):
-        chunk = readable[start : start + args.batch_size]
-        batch = np.concatenate(
-            [
-                to_backbone_input(image[np.newaxis], info["image_size"], info["backbone"])
-                for _, image in chunk
-            ]
-        )
-        probabilities = model.predict(batch, verbose=0)
-        for (path, _), row in zip(chunk, probabilities, strict=True):
+    # A batch at a time: decode, resize, classify, print, so memory does not grow with the files.
+    for start in range(0, len(files), args.batch_size):
+        readable: list[tuple[Path, np.ndarray]] = []
+        for path in files[start : start + args.batch_size]:
+            try:
+                image = read_image(path, None)
+            except UNREADABLE_IMAGE as error:  # not found, not an image, truncated
+                failed += 1
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                print(f"error: {path}: not a readable image ({reason})", file=sys.stderr)
+                continue
+            readable.append((path, to_model_input(image[np.newaxis], info["image_size"])[0]))
+        if not readable:
+            continue
+        probabilities = model.predict(np.stack([image for _, image in readable]), verbose=0)
+        for (path, _), row in zip(readable, probabilities, strict=True):
             best = np.argsort(row)[::-1][:top_k]
-            results.append(
-                {
-                    "path": str(path),
-                    "predictions": [
-                        {"class": classes[i], "probability": float(row[i])} for i in best
-                    ],
-                }
-            )
+            result = {
+                "path": str(path),
+                "predictions": [{"class": classes[i], "probability": float(row[i])} for i in best],
+            }
+            if args.json:
+                results.append(result)
+            else:
+                ranked = "  ".join(
+                    f"{p['class']}\t{p['probability']:.4f}" for p in result["predictions"]
+                )
+                print(f"{result['path']}\t{ranked}", flush=True)
 
     if args.json:
         print(json.dumps(results, indent=2))
-    else:
-        for result in results:
-            ranked = "  ".join(
-                f"{p['class']}\t{p['probability']:.4f}" for p in result["predictions"]
-            )
-            print(f"{result['path']}\t{ranked}")
     return 1 if failed else 0
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import re
+import struct
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sized
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,117 @@ def array_writer(path: Path, shape: tuple[int, ...], dtype: str | np.dtype) -> I
             del array
 
 
+@contextlib.contextmanager
+def row_appender(
+    path: Path, row_shape: tuple[int, ...], dtype: str | np.dtype = np.uint8
+) -> Iterator[Callable[[np.ndarray], None]]:
+    """Yield `append(rows)`; the .npy at `path` holds every row appended, once the block ends.
+
+    For sources that do not know their length in advance (an image folder with unreadable files,
+    a tensorflow-datasets split): rows go straight to disk, and the header, written first with
+    room to spare, is rewritten with the final count at the end.
+    """
+    dtype = np.dtype(dtype)
+    count = 0
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        header_bytes = len(_npy_header((10**15, *row_shape), dtype))
+        file.write(b"\0" * header_bytes)
+
+        def append(rows: np.ndarray) -> None:
+            nonlocal count
+            rows = np.ascontiguousarray(rows, dtype=dtype)
+            if rows.shape[1:] != tuple(row_shape):
+                raise ValueError(f"rows of shape {rows.shape[1:]} in a file of {row_shape} rows")
+            file.write(rows.tobytes())
+            count += len(rows)
+
+        yield append
+        file.seek(0)
+        file.write(_npy_header((count, *row_shape), dtype, length=header_bytes))
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype, length: int | None = None) -> bytes:
+    """A version 1.0 .npy header, padded with spaces to `length` bytes (a multiple of 64)."""
+    text = f"{{'descr': {np.lib.format.dtype_to_descr(dtype)!r}, 'fortran_order': False, "
+    text += f"'shape': {tuple(shape)!r}, }}"
+    fixed = len(NPY_MAGIC) + 2 + 2  # magic, version, header length
+    if length is None:
+        length = -(-(fixed + len(text) + 1) // 64) * 64
+    body = text.ljust(length - fixed - 1).encode("latin1") + b"\n"
+    return NPY_MAGIC + b"\x01\x00" + struct.pack("<H", len(body)) + body
+
+
+def release_rows(array: np.ndarray, start: int, stop: int) -> None:
+    """Unmap rows [start, stop) of a shared, file-backed np.memmap from this process's memory.
+
+    Every page read or written through a memmap otherwise stays resident until the array is
+    closed, so memory would grow with the number of images. MADV_DONTNEED on a shared file
+    mapping loses nothing: the data stays in the file (and the page cache) and is mapped back in
+    if touched again. Anything that is not such a mapping (plain arrays, copy-on-write memmaps)
+    is left alone.
+    """
+    mapping = getattr(array, "_mmap", None)
+    if (
+        mapping is None
+        or getattr(array, "mode", "c") == "c"
+        or not array.flags.c_contiguous
+        or stop <= start
+    ):
+        return
+    row_bytes = array.strides[0]
+    base = np.frombuffer(mapping, np.uint8).ctypes.data
+    first = array.ctypes.data - base + start * row_bytes
+    last = first + (stop - start) * row_bytes
+    first -= first % mmap.PAGESIZE
+    last -= last % mmap.PAGESIZE  # a page shared with the next rows stays mapped
+    if last > first:
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+@dataclass(frozen=True)
+class RowFile:
+    """A .npy file read a few rows at a time (see `read_rows`)."""
+
+    path: Path
+    offset: int  # where the data starts, after the header
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def open_rows(path: Path) -> RowFile:
+    """Check a .npy written by an earlier stage (as `load_array` does) and describe its rows."""
+    array = load_array(path)
+    if not isinstance(array, np.memmap) or not array.flags.c_contiguous:
+        raise UserError(f"{path} is not a plain C-ordered array; {RERUN_HINT}")
+    return RowFile(Path(path), array.offset, array.shape, array.dtype)
+
+
+def read_rows(file: RowFile, rows: np.ndarray) -> np.ndarray:
+    """Rows `rows` (ascending) of `file`, with positioned reads, consecutive rows in one read.
+
+    Unlike indexing a memory map, this leaves nothing mapped: what was read stays in the OS page
+    cache, not in this process's resident memory, however many rows an epoch reads.
+    """
+    out = np.empty((len(rows), *file.shape[1:]), file.dtype)
+    row_bytes = out[0].nbytes if len(out) else 0
+    buffer = memoryview(out.reshape(-1).view(np.uint8))
+    with open(file.path, "rb", buffering=0) as handle:
+        start = 0
+        while start < len(rows):
+            stop = start + 1
+            while stop < len(rows) and rows[stop] == rows[stop - 1] + 1:
+                stop += 1
+            chunk = buffer[start * row_bytes : stop * row_bytes]
+            got = os.preadv(handle.fileno(), [chunk], file.offset + int(rows[start]) * row_bytes)
+            if got != len(chunk):
+                raise UserError(f"{file.path} is truncated (row {rows[stop - 1]}); {RERUN_HINT}")
+            start = stop
+    return out
+
+
 def load_array(path: Path, mmap: bool = True) -> np.ndarray:
     """Load a .npy written by an earlier stage (memory-mapped by default), refusing pickles."""
     path = Path(path)
@@ -97,7 +211,7 @@ def _npy_problem(path: Path, error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def check_same_rows(arrays: dict[Path, np.ndarray]) -> None:
+def check_same_rows(arrays: dict[Path, Sized]) -> None:
     """Refuse arrays left by different runs: each must hold one row per image, the same images."""
     rows = {path: len(array) for path, array in arrays.items()}
     if len(set(rows.values())) > 1:
@@ -168,12 +282,13 @@ def load_model(path: Path) -> Any:
     """Load a .keras model in safe mode (no deserialised Python code); one line if unusable."""
     import keras
 
+    import tlpipe.normalization  # noqa: F401  registers the layer every pipeline model starts with
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} is missing: run `dvc repro` to create it")
-    if not zipfile.is_zipfile(
-        path
-    ):  # Keras would say "File not found" of an empty or truncated file
+    # Keras would say "File not found" of an empty or truncated file.
+    if not zipfile.is_zipfile(path):
         raise UserError(
             f"{path} is not a usable Keras model (not a .keras zip archive: empty, truncated or "
             f"overwritten); {RERUN_HINT}"

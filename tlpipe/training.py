@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import numpy as np
+import tensorflow as tf
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 from dvclive.utils import standardize_metric_name
@@ -76,16 +76,17 @@ def compile_classifier(model: keras.Model, lr: float) -> None:
 
 def fit_logged(
     model: keras.Model,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: tf.data.Dataset,
+    val: tf.data.Dataset,
     *,
     epochs: int,
-    batch_size: int,
     patience: int,
     live_dir: Path,
     title: str,
 ) -> keras.callbacks.History:
-    """Fit with early stopping on val_loss (best weights restored); log every epoch to `live_dir`.
+    """Fit on batches of (inputs, one-hot labels) with early stopping on val_loss (best weights
+    restored); log every epoch to `live_dir`. `train` sets the order of each epoch (see
+    `tlpipe.streaming.batches`).
 
     DVCLive writes metrics.json and per-epoch .tsv curves; dvc.yaml declares them, so DVCLive is
     told not to edit dvc.yaml itself nor to create experiments of its own. metrics.json then holds
@@ -97,12 +98,10 @@ def fit_logged(
         monitor="val_loss", patience=patience, restore_best_weights=True
     )
     history = model.fit(
-        train[0],
-        train[1],
+        train,
         validation_data=val,
         epochs=epochs,
-        batch_size=batch_size,
-        shuffle=True,
+        shuffle=False,  # `train` orders each epoch itself
         callbacks=[stop, DVCLiveCallback(live=live)],
         verbose=2,
     )
