@@ -2,19 +2,21 @@ from __future__ import annotations
 
 import runpy
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tlpipe.paths import raw_images, raw_labels
 from tlpipe.runtime import UserError
 from tlpipe.sources import (
     RawDataset,
     limit_training,
     load_digits,
-    load_folder,
-    load_tfds,
+    write_folder,
     write_raw,
+    write_tfds,
 )
 from tlpipe.storage import load_array, load_json
 
@@ -49,19 +51,26 @@ def test_digits_are_the_bundled_8x8_images_scaled_to_uint8():
     assert data.test_images is None
 
 
+def raw(folder: Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    return load_array(raw_images(split, folder)), load_array(raw_labels(split, folder))
+
+
 def test_folder_source_reads_png_jpeg_grey_and_rgba_and_skips_unreadable(tmp_path, capsys):
-    data = load_folder(make_folder(tmp_path / "images"), image_size=None)
-    assert data.class_names == ["cat", "dog"]
-    assert data.train_images.shape == (6, 16, 20, 3) and data.train_images.dtype == np.uint8
-    assert list(data.train_labels) == [0, 0, 0, 1, 1, 1]
+    class_names = write_folder(make_folder(tmp_path / "images"), None, tmp_path / "raw")
+    images, labels = raw(tmp_path / "raw")
+    assert class_names == ["cat", "dog"]
+    assert images.shape == (6, 16, 20, 3) and images.dtype == np.uint8
+    assert list(labels) == [0, 0, 0, 1, 1, 1]
     assert "skipped 1 unreadable image file(s)" in capsys.readouterr().err
 
 
 def test_folder_images_of_mixed_sizes_need_data_image_size(tmp_path):
     folder = make_folder(tmp_path / "images", sizes=((20, 16), (40, 30)))
     with pytest.raises(UserError, match=r"data.image_size: images in .* differ in size"):
-        load_folder(folder, image_size=None)
-    assert load_folder(folder, image_size=32).train_images.shape == (6, 32, 32, 3)
+        write_folder(folder, None, tmp_path / "raw")
+    assert not raw_images("train", tmp_path / "raw").exists()
+    write_folder(folder, 32, tmp_path / "raw")
+    assert raw(tmp_path / "raw")[0].shape == (6, 32, 32, 3)
 
 
 def test_folder_with_one_class_is_refused(tmp_path):
@@ -69,21 +78,23 @@ def test_folder_with_one_class_is_refused(tmp_path):
     for path in (folder / "dog").iterdir():
         path.unlink()
     with pytest.raises(UserError, match="1 class folder"):
-        load_folder(folder, image_size=None)
+        write_folder(folder, None, tmp_path / "raw")
 
 
-def test_limit_keeps_a_seeded_stratified_sample():
+def test_limit_keeps_a_seeded_stratified_sample(tmp_path):
     labels = np.repeat(np.arange(4), 50)
-    data = RawDataset(
-        np.arange(200, dtype=np.uint8).reshape(200, 1, 1, 1), labels, ["a", "b", "c", "d"]
-    )
-    first = limit_training(RawDataset(data.train_images, labels, data.class_names), 40, seed=1)
-    again = limit_training(RawDataset(data.train_images, labels, data.class_names), 40, seed=1)
-    other = limit_training(RawDataset(data.train_images, labels, data.class_names), 40, seed=2)
-    assert len(first.train_labels) == 40
-    assert np.bincount(first.train_labels).tolist() == [10, 10, 10, 10]
-    assert np.array_equal(first.train_images, again.train_images)
-    assert not np.array_equal(first.train_images, other.train_images)
+    images = np.arange(200, dtype=np.uint8).reshape(200, 1, 1, 1)
+    kept = {}
+    for name, seed in (("first", 1), ("again", 1), ("other", 2)):
+        write_raw(RawDataset(images, labels, ["a", "b", "c", "d"]), tmp_path / name)
+        limit_training(40, seed, tmp_path / name)
+        kept[name] = raw(tmp_path / name)
+    first_images, first_labels = kept["first"]
+    assert len(first_labels) == 40 and len(first_images) == 40
+    assert np.bincount(first_labels).tolist() == [10, 10, 10, 10]
+    np.testing.assert_array_equal(first_labels, labels[first_images[:, 0, 0, 0]])
+    assert np.array_equal(first_images, kept["again"][0])
+    assert not np.array_equal(first_images, kept["other"][0])
 
 
 def test_tfds_source_through_mock_data_with_a_manually_placed_archive(
@@ -94,16 +105,18 @@ def test_tfds_source_through_mock_data_with_a_manually_placed_archive(
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     manual = tmp_path / "downloads" / "manual"
     manual.mkdir(parents=True)
-    (manual / "cifar-10-binary.tar.gz").write_bytes(
-        b""
-    )  # tfds verifies the checksum when it prepares
+    # tfds verifies the checksum when it prepares
+    (manual / "cifar-10-binary.tar.gz").write_bytes(b"")
     with tfds.testing.mock_data(num_examples=12):
-        data = load_tfds("cifar10", image_size=None)
-    assert data.train_images.shape == (12, 32, 32, 3) and data.train_images.dtype == np.uint8
+        class_names = write_tfds("cifar10", None, tmp_path / "raw")
+        write_tfds("cifar10", 48, tmp_path / "resized")
+    images, labels = raw(tmp_path / "raw")
+    assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8
+    assert raw(tmp_path / "resized")[0].shape == (12, 48, 48, 3)
     # mock_data does not know a dataset's splits in advance, so only `train` is read here.
-    assert data.test_images is None
-    assert len(data.class_names) == 10  # the mock carries no label names, only their number
-    assert data.train_labels.dtype == np.int64 and data.train_labels.max() < 10
+    assert not raw_images("test", tmp_path / "raw").exists()
+    assert len(class_names) == 10  # the mock carries no label names, only their number
+    assert labels.dtype == np.int64 and labels.max() < 10
 
 
 def test_default_cifar10_offline_stops_at_once_with_instructions(
@@ -126,7 +139,7 @@ def test_default_cifar10_offline_stops_at_once_with_instructions(
 
 def test_unknown_tfds_name_is_one_line(in_tmp_project):
     with pytest.raises(UserError, match="not a tensorflow-datasets name"):
-        load_tfds("no_such_dataset_xyz", image_size=None)
+        write_tfds("no_such_dataset_xyz", None)
 
 
 def test_write_raw_round_trip(tmp_path):

@@ -7,11 +7,13 @@ sub-folder of images per class. Each is read into a `RawDataset` of uint8 images
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -21,7 +23,15 @@ from tlpipe.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, read_image
 from tlpipe.params import DataParams
 from tlpipe.paths import RAW_DIR, classes_file, raw_images, raw_labels
 from tlpipe.runtime import OFFLINE_DEMO, UserError
-from tlpipe.storage import save_array, save_json
+from tlpipe.storage import (
+    load_array,
+    load_json,
+    open_rows,
+    read_rows,
+    row_appender,
+    save_array,
+    save_json,
+)
 
 
 @dataclass
@@ -44,8 +54,9 @@ def load_digits() -> RawDataset:
     )
 
 
-def load_folder(folder: Path, image_size: int | None) -> RawDataset:
-    """A folder with one sub-folder of images per class (JPEG, PNG, ...), classes sorted by name.
+def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) -> list[str]:
+    """A folder with one sub-folder of images per class (JPEG, PNG, ...), classes sorted by name,
+    written to `out_dir` one image at a time; returns the class names.
 
     Files that are not images by suffix are ignored; image files that cannot be decoded are skipped
     with a counted warning. Images of different sizes need `data.image_size`.
@@ -53,43 +64,48 @@ def load_folder(folder: Path, image_size: int | None) -> RawDataset:
     class_dirs = sorted(
         path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")
     )
-    images: list[np.ndarray] = []
     labels: list[int] = []
     class_names: list[str] = []
     skipped: list[str] = []
-    for class_dir in class_dirs:
-        files = sorted(
-            p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        decoded = []
-        for path in files:
-            try:
-                decoded.append(read_image(path, image_size))
-            except UNREADABLE_IMAGE:
-                skipped.append(str(path))
-        if not decoded:
-            continue
-        images.extend(decoded)
-        labels.extend([len(class_names)] * len(decoded))
-        class_names.append(class_dir.name)
-    if skipped:
-        print(
-            f"warning: skipped {len(skipped)} unreadable image file(s), e.g. {skipped[0]}",
-            file=sys.stderr,
-        )
-    if len(class_names) < 2:
-        raise UserError(
-            f"data.dataset: {folder} has {len(class_names)} class folder(s) with readable images; "
-            "expected at least 2 sub-folders of JPEG/PNG images, one per class"
-        )
-    sizes = {image.shape for image in images}
-    if len(sizes) > 1:
-        examples = ", ".join(f"{w}x{h}" for h, w, _ in sorted(sizes)[:2])
-        raise UserError(
-            f"data.image_size: images in {folder} differ in size ({examples}, ...); "
-            "set data.image_size (e.g. 150) to resize them while reading"
-        )
-    return RawDataset(np.stack(images), np.asarray(labels, dtype=np.int64), class_names)
+    with contextlib.ExitStack() as stack:
+        append = None  # opened at the first decoded image, which sets the row shape
+        for class_dir in class_dirs:
+            decoded = 0
+            for path in sorted(class_dir.iterdir()):
+                if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                try:
+                    image = read_image(path, image_size)
+                except UNREADABLE_IMAGE:
+                    skipped.append(str(path))
+                    continue
+                if append is None:
+                    shape = image.shape
+                    append = stack.enter_context(row_appender(raw_images("train", out_dir), shape))
+                if image.shape != shape:
+                    sizes = sorted([shape, image.shape])
+                    examples = ", ".join(f"{w}x{h}" for h, w, _ in sizes)
+                    raise UserError(
+                        f"data.image_size: images in {folder} differ in size ({examples}, ...); "
+                        "set data.image_size (e.g. 150) to resize them while reading"
+                    )
+                append(image[np.newaxis])
+                decoded += 1
+            if decoded:
+                labels.extend([len(class_names)] * decoded)
+                class_names.append(class_dir.name)
+        if skipped:
+            print(
+                f"warning: skipped {len(skipped)} unreadable image file(s), e.g. {skipped[0]}",
+                file=sys.stderr,
+            )
+        if len(class_names) < 2:
+            raise UserError(
+                f"data.dataset: {folder} has {len(class_names)} class folder(s) with readable "
+                "images; expected at least 2 sub-folders of JPEG/PNG images, one per class"
+            )
+    save_array(raw_labels("train", out_dir), np.asarray(labels, dtype=np.int64))
+    return class_names
 
 
 def tfds_data_dir() -> Path:
@@ -135,40 +151,42 @@ def ensure_tfds_prepared(builder, manual_dir: Path) -> None:
     )
 
 
-def read_tfds_split(builder, split: str, image_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """All (image, label) pairs of one split as uint8 images and int64 labels."""
+def write_tfds_split(
+    builder: Any, split: str, image_size: int | None, out_dir: Path = RAW_DIR
+) -> None:
+    """One split's (image, label) pairs to `out_dir` as uint8 images and int64 labels, streamed
+    a batch at a time."""
     import tensorflow_datasets as tfds
 
     dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
     image_key = builder.info.supervised_keys[0]
-    shape = builder.info.features[image_key].shape
-    if None not in shape and image_size is None:
-        batches = list(tfds.as_numpy(dataset.batch(1024)))
-        return (
-            np.concatenate([b[0] for b in batches]).astype(np.uint8),
-            np.concatenate([b[1] for b in batches]).astype(np.int64),
-        )
-    if image_size is None:
+    shape = tuple(builder.info.features[image_key].shape)
+    if image_size is None and None in shape:
         raise UserError(
             f"data.image_size: {builder.name} images differ in size; "
-            "set data.image_size (e.g. 150) "
-            "to resize them while reading"
+            "set data.image_size (e.g. 150) to resize them while reading"
         )
-    images, labels = [], []
-    for image, label in tfds.as_numpy(dataset):
-        picture = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
-        images.append(
-            np.asarray(picture.resize((image_size, image_size), Image.Resampling.BILINEAR))
-        )
-        labels.append(label)
-    stacked = np.stack(images).astype(np.uint8)
-    return (stacked[..., np.newaxis] if stacked.ndim == 3 else stacked), np.asarray(
-        labels, dtype=np.int64
-    )
+    row_shape = shape if image_size is None else (image_size, image_size, shape[-1])
+    labels = []
+    with row_appender(raw_images(split, out_dir), row_shape, np.uint8) as append:
+        for images, batch_labels in tfds.as_numpy(dataset.batch(256)):
+            if image_size is not None:
+                images = np.stack([_resized(image, image_size) for image in images])
+            append(images.astype(np.uint8))
+            labels.append(batch_labels.astype(np.int64))
+    save_array(raw_labels(split, out_dir), np.concatenate(labels) if labels else np.zeros(0, int))
 
 
-def load_tfds(name: str, image_size: int | None) -> RawDataset:
-    """A tensorflow-datasets dataset's train split (and test split, where it has one)."""
+def _resized(image: np.ndarray, size: int) -> np.ndarray:
+    """One uint8 image (H, W, C) resized to (size, size, C), bilinear."""
+    picture = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+    resized = np.asarray(picture.resize((size, size), Image.Resampling.BILINEAR))
+    return resized.reshape(size, size, image.shape[-1])
+
+
+def write_tfds(name: str, image_size: int | None, out_dir: Path = RAW_DIR) -> list[str]:
+    """A tensorflow-datasets dataset's train split (and test split, where it has one) to
+    `out_dir`; returns the class names."""
     import tensorflow_datasets as tfds
 
     data_dir = tfds_data_dir()
@@ -190,50 +208,61 @@ def load_tfds(name: str, image_size: int | None) -> RawDataset:
         raise UserError(f"data.dataset: {name}'s label '{keys[1]}' is not a class label")
     ensure_tfds_prepared(builder, data_dir / "downloads" / "manual")
     try:
-        train_images, train_labels = read_tfds_split(builder, "train", image_size)
+        write_tfds_split(builder, "train", image_size, out_dir)
     except ValueError as error:  # tfds: unknown split
         raise UserError(
             f"data.dataset: {name} has no 'train' split ({str(error).splitlines()[0]})"
         ) from None
-    dataset = RawDataset(train_images, train_labels, list(label_feature.names))
     if "test" in builder.info.splits:
-        dataset.test_images, dataset.test_labels = read_tfds_split(builder, "test", image_size)
-    return dataset
+        write_tfds_split(builder, "test", image_size, out_dir)
+    else:
+        for path in (raw_images("test", out_dir), raw_labels("test", out_dir)):
+            path.unlink(missing_ok=True)  # left by an earlier dataset
+    return list(label_feature.names)
 
 
-def load_dataset(params: DataParams) -> RawDataset:
-    """The dataset `data.dataset` names: digits, an image folder, or a tensorflow-datasets name."""
+def write_dataset(params: DataParams, out_dir: Path = RAW_DIR) -> list[str]:
+    """The dataset `data.dataset` names (digits, an image folder, or a tensorflow-datasets name)
+    to `out_dir`; returns the class names, also written to classes.json."""
     if params.is_digits:
-        return load_digits()
+        write_raw(load_digits(), out_dir)
+        return load_json(classes_file(out_dir))
     if params.folder is not None:
-        return load_folder(params.folder, params.image_size)
-    return load_tfds(params.dataset, params.image_size)
+        class_names = write_folder(params.folder, params.image_size, out_dir)
+    else:
+        class_names = write_tfds(params.dataset, params.image_size, out_dir)
+    save_json(classes_file(out_dir), class_names)
+    return class_names
 
 
-def limit_training(dataset: RawDataset, limit: int | None, seed: int) -> RawDataset:
-    """Keep a seeded, class-stratified sample of `limit` training images."""
-    if limit is None or limit >= len(dataset.train_labels):
-        return dataset
-    from sklearn.model_selection import (
-        train_test_split,  # here, not on top: it is most of the start-up time
-    )
+def limit_training(limit: int | None, seed: int, out_dir: Path = RAW_DIR) -> None:
+    """Keep a seeded, class-stratified sample of `limit` of the training images in `out_dir`."""
+    labels = load_array(raw_labels("train", out_dir), mmap=False)
+    if limit is None or limit >= len(labels):
+        return
+    from sklearn.model_selection import train_test_split  # here: most of the start-up time
 
+    classes = len(np.unique(labels))
     keep, _ = train_test_split(
-        np.arange(len(dataset.train_labels)),
+        np.arange(len(labels)),
         train_size=limit,
-        stratify=dataset.train_labels if limit >= len(dataset.class_names) else None,
+        stratify=labels if limit >= classes else None,
         random_state=seed,
     )
     keep = np.sort(keep)
-    dataset.train_images = dataset.train_images[keep]
-    dataset.train_labels = dataset.train_labels[keep]
-    return dataset
+    images = open_rows(raw_images("train", out_dir))
+    with row_appender(images.path, images.shape[1:], images.dtype) as append:
+        for start in range(0, len(keep), 256):
+            append(read_rows(images, keep[start : start + 256]))
+    save_array(raw_labels("train", out_dir), labels[keep])
 
 
 def write_raw(dataset: RawDataset, out_dir: Path = RAW_DIR) -> None:
-    """The dataset as .npy arrays (images, labels per split) and classes.json in `out_dir`."""
+    """An in-memory dataset as .npy arrays (images, labels per split) and classes.json."""
     save_array(raw_images("train", out_dir), dataset.train_images)
     save_array(raw_labels("train", out_dir), dataset.train_labels)
+    for path in (raw_images("test", out_dir), raw_labels("test", out_dir)):
+        path.unlink(missing_ok=True)  # left by an earlier dataset
     if dataset.test_images is not None:
         save_array(raw_images("test", out_dir), dataset.test_images)
         save_array(raw_labels("test", out_dir), dataset.test_labels)
