@@ -25,10 +25,16 @@ from tlpipe.storage import RERUN_HINT, load_array, save_json, save_model
 
 
 def load_inputs() -> dict[str, np.ndarray]:
-    """Each split's prepared images, memory-mapped; refused unless all are (N, size, size, 3)."""
+    """Each split's prepared images, memory-mapped; refused unless all are uint8 pixels of shape
+    (N, size, size, 3)."""
     inputs = {split: load_array(prepared_images(split)) for split in SPLITS}
     shape = inputs["train"].shape[1:]
     for split, images in inputs.items():
+        if images.dtype != np.uint8:
+            raise UserError(
+                f"{prepared_images(split)} holds {images.dtype} images, written by an earlier "
+                "version of the pipeline; expected uint8 pixels: run `dvc repro` to rebuild it"
+            )
         if images.ndim != 4 or images.shape[1:] != shape or shape[0] != shape[1] or shape[2] != 3:
             raise UserError(
                 f"{prepared_images(split)}: got images of shape {images.shape[1:]} (train_x: "
@@ -49,8 +55,10 @@ def main() -> None:
     bottom, top = split_at(base, boundary)
     forward = compile_forward(bottom, top)
 
-    floats_per_image = int(np.prod(bottom.output.shape[1:])) + int(np.prod(top.output.shape[1:]))
-    check_free_space(FEATURES_DIR, 4 * floats_per_image * sum(len(x) for x in inputs.values()))
+    dtype = params.features.dtype
+    values_per_image = int(np.prod(bottom.output.shape[1:])) + int(np.prod(top.output.shape[1:]))
+    images = sum(len(x) for x in inputs.values())
+    check_free_space(FEATURES_DIR, np.dtype(dtype).itemsize * values_per_image * images)
     for split in SPLITS:
         rate = extract_features(
             bottom,
@@ -60,6 +68,7 @@ def main() -> None:
             boundary_path=boundary_features(split),
             head_path=head_features(split),
             label=split,
+            dtype=dtype,
             forward=forward,
         )
         print(f"features: {split}: {len(inputs[split])} images at {rate:.0f} img/s")

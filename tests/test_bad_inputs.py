@@ -83,7 +83,7 @@ def write_prepared(root: Path, sizes: tuple[int, ...] = (12, 4, 4), image_size: 
         labels = np.arange(count) % 2
         np.save(
             prepared / f"{split}_x.npy",
-            rng.normal(0, 60, (count, image_size, image_size, 3)).astype(np.float32),
+            rng.integers(0, 256, (count, image_size, image_size, 3), dtype=np.uint8),
         )
         np.save(prepared / f"{split}_y.npy", np.eye(2, dtype=np.float32)[labels])
         np.save(prepared / f"{split}_index.npy", np.arange(count))
@@ -312,6 +312,12 @@ def dataset_is_a_file(root: Path, assets: Assets) -> list[str]:
     return stage("download")
 
 
+def float32_prepared_images(root: Path, assets: Assets) -> None:
+    """data/prepared as earlier versions wrote it: normalised float32 images."""
+    images = np.load(root / "data/prepared/train_x.npy").astype(np.float32) - 120.0
+    np.save(root / "data/prepared/train_x.npy", images)
+
+
 def truncated_head_features(root: Path, assets: Assets) -> None:
     (root / "data/features/head").mkdir(parents=True)
     np.save(root / "data/features/head/train.npy", np.ones((12, 512), np.float32))
@@ -320,7 +326,7 @@ def truncated_head_features(root: Path, assets: Assets) -> None:
 
 def val_x_from_another_run(root: Path, assets: Assets) -> None:
     np.save(
-        root / "data/prepared/val_x.npy", np.zeros((4, 48, 48, 3), np.float32)
+        root / "data/prepared/val_x.npy", np.zeros((4, 48, 48, 3), np.uint8)
     )  # prepare.image_size was 48
 
 
@@ -661,6 +667,13 @@ CASES = [
     ),
     # files left over from an earlier run
     prepared_case(
+        "float32-prepared-x-of-an-earlier-version",
+        "features",
+        float32_prepared_images,
+        r"^error: data/prepared/train_x\.npy holds float32 images, written by an earlier version "
+        r"of the pipeline; expected uint8 pixels: run `dvc repro` to rebuild it$",
+    ),
+    prepared_case(
         "truncated-prepared-x",
         "features",
         lambda root, assets: truncate(root / "data/prepared/train_x.npy"),
@@ -678,7 +691,7 @@ CASES = [
         "train",
         truncated_head_features,
         r"^error: data/features/head/train\.npy is corrupt or truncated "
-        r"\(Failed to read all data for array\..*\)" + RERUN,
+        r"\(mmap length is greater than file size\)" + RERUN,
     ),
     prepared_case(
         "prepared-splits-differ-in-size",

@@ -45,10 +45,11 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "prepare.image_size": (48, frozenset({"prepare"})),
     "prepare.val_fraction": (0.15, frozenset({"prepare"})),
     "prepare.test_fraction": (0.25, frozenset({"prepare"})),
-    # prepare: preprocess_input; features: the conv base; finetune: models/model.json and `auto`.
-    "backbone.name": ("resnet50", frozenset({"prepare", "features", "finetune"})),
+    # features: the conv base; finetune: models/model.json and `auto`.
+    "backbone.name": ("resnet50", frozenset({"features", "finetune"})),
     "backbone.weights": ("imagenet", frozenset({"features"})),
     "features.batch_size": (64, frozenset({"features"})),
+    "features.dtype": ("float16", frozenset({"features"})),
     "train.epochs": (4, frozenset({"train"})),
     "train.batch_size": (32, frozenset({"train"})),
     "train.lr": (5e-4, frozenset({"train"})),
@@ -74,9 +75,12 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/images.py": (None, frozenset({"download", "prepare"})),  # prepare: via splits.py
     "tlpipe/splits.py": (None, frozenset({"prepare"})),
     "tlpipe/features.py": (None, frozenset({"features"})),
+    "tlpipe/streaming.py": (None, frozenset({"train", "finetune", "evaluate"})),
     "tlpipe/training.py": (None, frozenset({"train", "finetune"})),
     "tlpipe/report.py": (None, frozenset({"train", "finetune", "evaluate"})),  # via training.py
-    # params.py reads the backbone table, so every stage imports these five.
+    # params.py reads the backbone table, so every stage imports these six (normalization.py: the
+    # models' first layer, built by backbone.py and registered before storage.py loads a model).
+    "tlpipe/normalization.py": (None, STAGES),
     "tlpipe/backbone.py": (None, STAGES),
     "tlpipe/params.py": (None, STAGES),
     "tlpipe/paths.py": (None, STAGES),

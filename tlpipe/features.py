@@ -7,7 +7,6 @@ layers, and the conv base's output, the input of the dense head.
 
 from __future__ import annotations
 
-import mmap
 import shutil
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tlpipe.runtime import UserError
-from tlpipe.storage import array_writer
+from tlpipe.storage import array_writer, release_rows
 
 
 def check_free_space(folder: Path, needed_bytes: int) -> None:
@@ -53,33 +52,6 @@ def compile_forward(
     return forward
 
 
-def _release_pages(array: np.ndarray, start: int, stop: int) -> None:
-    """Unmap rows [start, stop) of a shared, file-backed np.memmap from this process's memory.
-
-    Every page read or written through a memmap otherwise stays resident until the array is
-    closed, so memory would grow with the number of images. MADV_DONTNEED on a shared file
-    mapping loses nothing: the data stays in the file (and the page cache) and is mapped back in
-    if touched again. Anything that is not such a mapping (plain arrays, copy-on-write memmaps)
-    is left alone.
-    """
-    mapping = getattr(array, "_mmap", None)
-    if (
-        mapping is None
-        or getattr(array, "mode", "c") == "c"
-        or not array.flags.c_contiguous
-        or stop <= start
-    ):
-        return
-    row_bytes = array.strides[0]
-    base = np.frombuffer(mapping, np.uint8).ctypes.data
-    first = array.ctypes.data - base + start * row_bytes
-    last = first + (stop - start) * row_bytes
-    first -= first % mmap.PAGESIZE
-    last -= last % mmap.PAGESIZE  # a page shared with the next rows stays mapped
-    if last > first:
-        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
-
-
 def extract_features(
     bottom: keras.Model,
     top: keras.Model,
@@ -89,6 +61,7 @@ def extract_features(
     boundary_path: Path,
     head_path: Path,
     label: str,
+    dtype: str = "float32",
     forward: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None,
 ) -> float:
     """Stream `images` through bottom then top; write both outputs; return images per second.
@@ -96,8 +69,9 @@ def extract_features(
     While the conv base runs on one batch (TensorFlow's own threads, GIL released), one helper
     thread reads the next batch and another writes the previous batch's outputs, so disk I/O
     overlaps compute. Memory stays flat in the number of images: input and output pages are
-    released once used (see `_release_pages`) and at most three batches are in flight.
-    `forward` is `compile_forward(bottom, top)`, compiled here if not given.
+    released once used (see `release_rows`) and at most three batches are in flight. Both caches
+    are stored as `dtype` (float32 or float16). `forward` is `compile_forward(bottom, top)`,
+    compiled here if not given.
     """
     forward = forward or compile_forward(bottom, top)
     n = len(images)
@@ -107,13 +81,13 @@ def extract_features(
     def read(start: int) -> tf.Tensor:
         stop = min(start + batch_size, n)
         batch = tf.constant(np.asarray(images[start:stop], dtype=np.float32))
-        _release_pages(images, start, stop)
+        release_rows(images, start, stop)
         return batch
 
     started = time.perf_counter()
     with (
-        array_writer(boundary_path, boundary_shape, np.float32) as boundary_out,
-        array_writer(head_path, head_shape, np.float32) as head_out,
+        array_writer(boundary_path, boundary_shape, dtype) as boundary_out,
+        array_writer(head_path, head_shape, dtype) as head_out,
         ThreadPoolExecutor(1, thread_name_prefix="features-read") as reader,
         ThreadPoolExecutor(1, thread_name_prefix="features-write") as writer,
         tqdm(total=n, unit="img", desc=f"features {label}", mininterval=2.0) as progress,
@@ -123,8 +97,8 @@ def extract_features(
             stop = start + len(at_boundary)
             boundary_out[start:stop] = at_boundary.numpy()
             head_out[start:stop] = at_output.numpy()
-            _release_pages(boundary_out, start, stop)
-            _release_pages(head_out, start, stop)
+            release_rows(boundary_out, start, stop)
+            release_rows(head_out, start, stop)
 
         next_batch = reader.submit(read, 0) if n else None
         written = None

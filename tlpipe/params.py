@@ -152,6 +152,7 @@ class BackboneParams(Section):
 
 class FeaturesParams(Section):
     batch_size: BatchSize
+    dtype: Literal["float32", "float16"]  # how the two feature caches are stored
 
 
 class TrainParams(Section):
