@@ -189,7 +189,7 @@ def naive_loop(conv_base, images: np.ndarray) -> tuple[Callable[[], None], np.nd
 
 
 def pipeline_run(
-    conv_base, images_path: Path, batch_size: int, workdir: Path
+    conv_base, images_path: Path, *, batch_size: int, workdir: Path
 ) -> tuple[Callable[[], None], Path]:
     """(run, its head-features file): the features stage's code path on a memory-mapped input,
     warmed up."""
@@ -328,7 +328,9 @@ def finetune_setup(x: np.ndarray):
     return trainable, full, activations, y
 
 
-def measure_finetune(images: np.ndarray, n: int, reps: int, batch_size: int) -> tuple[float, float]:
+def measure_finetune(
+    images: np.ndarray, *, n: int, reps: int, batch_size: int
+) -> tuple[float, float]:
     """(seconds per epoch on cached boundary activations, seconds per epoch on images).
 
     Each is the shortest of `reps` epochs, timed by a callback (without fit()'s own set-up) after a
@@ -405,7 +407,7 @@ STAGE_N = {
 SCALE_BATCH = 8
 
 
-def write_photos(folder: Path, n: int, size: int, seed: int) -> None:
+def write_photos(folder: Path, *, n: int, size: int, seed: int) -> None:
     """`n` random-noise JPEGs of size x size in two class folders."""
     from PIL import Image
 
@@ -461,7 +463,7 @@ def stage_peak_rss(project: Path, module: str, *args: str, mock_tfds: int = 0) -
     return json.loads(report.read_text())
 
 
-def stage_child(module: str, report: Path, mock_tfds: int, args: list[str]) -> None:
+def stage_child(module: str, *, report: Path, mock_tfds: int, args: list[str]) -> None:
     """Child mode: run a stage (or the tlpipe command) as `python -m` would; at exit, write this
     process's peak RSS to `report`."""
     import atexit
@@ -479,14 +481,16 @@ def stage_child(module: str, report: Path, mock_tfds: int, args: list[str]) -> N
         runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
-def synthetic_arrays(project: Path, counts: dict[str, int], shapes: dict[str, tuple], seed: int):
+def synthetic_arrays(
+    project: Path, *, counts: dict[str, int], shapes: dict[str, tuple], seed: int
+) -> None:
     """data/prepared (uint8 images, one-hot labels, index), data/raw and the feature caches of
     the given shapes, random, for `counts` images per split, written in chunks."""
     from tlpipe import paths
 
     rng = np.random.default_rng(seed)
 
-    def write(path: Path, n: int, shape: tuple, dtype: str) -> None:
+    def write(path: Path, *, n: int, shape: tuple, dtype: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, *shape))
         for start in range(0, n, 256):
@@ -503,18 +507,20 @@ def synthetic_arrays(project: Path, counts: dict[str, int], shapes: dict[str, tu
         labels = np.arange(n) % classes
         prepared = paths.prepared_images(split, project / paths.PREPARED_DIR)
         if "image" in shapes:
-            write(prepared, n, shapes["image"], "uint8")
+            write(prepared, n=n, shape=shapes["image"], dtype="uint8")
         prepared_labels = paths.prepared_labels(split, project / paths.PREPARED_DIR)
         prepared_labels.parent.mkdir(parents=True, exist_ok=True)
         np.save(prepared_labels, np.eye(classes, dtype=np.float32)[labels])
         np.save(paths.prepared_index(split, project / paths.PREPARED_DIR), np.arange(n))
         for name, path in (("head", paths.head_features), ("boundary", paths.boundary_features)):
             if name in shapes:
-                write(project / path(split), n, shapes[name], "float16")
+                write(project / path(split), n=n, shape=shapes[name], dtype="float16")
     for folder in (paths.RAW_DIR, paths.PREPARED_DIR):
         (project / folder).mkdir(parents=True, exist_ok=True)
         (project / paths.classes_file(folder)).write_text(json.dumps(["a", "b"]))
-    write(project / paths.raw_images("train"), max(counts.values()), (8, 8, 3), "uint8")
+    write(
+        project / paths.raw_images("train"), n=max(counts.values()), shape=(8, 8, 3), dtype="uint8"
+    )
 
 
 def measure_stage_rss(mode: str, workdir: Path) -> dict[str, dict[str, float]]:
@@ -533,7 +539,7 @@ def measure_stage_rss(mode: str, workdir: Path) -> dict[str, dict[str, float]]:
             return {"train": count - 2 * (count // 5), "val": count // 5, "test": count // 5}
 
         project = scale_project(base / "download")
-        write_photos(project / "photos", n["download"], SCALE_SIZE, seed=scale)
+        write_photos(project / "photos", n=n["download"], size=SCALE_SIZE, seed=scale)
         rss["download"] = stage_peak_rss(project, "stages.download")
         project = scale_project(base / "prepare", **{"data.dataset": "photos"})
         shutil.copytree(base / "download" / paths.RAW_DIR, project / paths.RAW_DIR)
@@ -550,17 +556,21 @@ def measure_stage_rss(mode: str, workdir: Path) -> dict[str, dict[str, float]]:
         )
 
         project = scale_project(base / "features")
-        synthetic_arrays(project, split(n["features"]), {"image": (SCALE_SIZE,) * 2 + (3,)}, 1)
+        synthetic_arrays(
+            project, counts=split(n["features"]), shapes={"image": (SCALE_SIZE,) * 2 + (3,)}, seed=1
+        )
         rss["features"] = stage_peak_rss(project, "stages.features")
         head_shape = load_shape(project / paths.head_features("train"))
         boundary_shape = load_shape(project / paths.boundary_features("train"))
 
         project = scale_project(base / "train")
-        synthetic_arrays(project, split(n["train"]), {"head": head_shape}, 2)
+        synthetic_arrays(project, counts=split(n["train"]), shapes={"head": head_shape}, seed=2)
         rss["train"] = stage_peak_rss(project, "stages.train")
 
         project = scale_project(base / "finetune")
-        synthetic_arrays(project, split(n["finetune"]), {"boundary": boundary_shape}, 3)
+        synthetic_arrays(
+            project, counts=split(n["finetune"]), shapes={"boundary": boundary_shape}, seed=3
+        )
         for model in (paths.BACKBONE_FILE, paths.BOUNDARY_INFO_FILE):
             shutil.copy(base / "features" / model, project / model)
         (project / paths.HEAD_FILE).parent.mkdir(parents=True, exist_ok=True)
@@ -570,16 +580,16 @@ def measure_stage_rss(mode: str, workdir: Path) -> dict[str, dict[str, float]]:
         project = scale_project(base / "evaluate")
         synthetic_arrays(
             project,
-            {"test": n["evaluate"]},
-            {"image": (SCALE_SIZE,) * 2 + (3,), "head": head_shape},
-            4,
+            counts={"test": n["evaluate"]},
+            shapes={"image": (SCALE_SIZE,) * 2 + (3,), "head": head_shape},
+            seed=4,
         )
         shutil.copytree(base / "finetune" / "models", project / "models")
         rss["evaluate"] = stage_peak_rss(project, "stages.evaluate")
 
         project = base / "predict"
         project.mkdir()
-        write_photos(project / "photos", n["predict"], SCALE_SIZE, seed=10 + scale)
+        write_photos(project / "photos", n=n["predict"], size=SCALE_SIZE, seed=10 + scale)
         model = base / "finetune" / paths.MODEL_FILE
         rss["predict"] = stage_peak_rss(
             project,
@@ -608,7 +618,9 @@ def bytes_per_image_224(workdir: Path, dtype: str) -> dict[str, float]:
         workdir / f"bytes-{dtype}", **{"prepare.image_size": 224, "features.dtype": dtype}
     )
     n = 4
-    synthetic_arrays(project, {"train": n, "val": n, "test": n}, {"image": (224, 224, 3)}, 5)
+    synthetic_arrays(
+        project, counts={"train": n, "val": n, "test": n}, shapes={"image": (224, 224, 3)}, seed=5
+    )
     stage_peak_rss(project, "stages.features")
     written = {
         "prepared": sum((project / paths.prepared_images(s)).stat().st_size for s in paths.SPLITS),
@@ -620,11 +632,11 @@ def bytes_per_image_224(workdir: Path, dtype: str) -> dict[str, float]:
     return {part: size / (3 * n) for part, size in written.items()}
 
 
-def finetune_speedup_at(size: int, n: int, reps: int, batch_size: int) -> tuple[float, float]:
+def finetune_speedup_at(size: int, *, n: int, reps: int, batch_size: int) -> tuple[float, float]:
     """measure_finetune on `n` random images of size x size (block5 unfrozen)."""
     rng = np.random.default_rng(size)
     images = rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32)
-    return measure_finetune(images, n, reps, batch_size)
+    return measure_finetune(images, n=n, reps=reps, batch_size=batch_size)
 
 
 def stream_vs_memory(workdir: Path, reps: int) -> dict[str, float]:
@@ -777,7 +789,9 @@ def main() -> None:
             print(json.dumps(pipeline_at_scale(Path(tmp), *args.at_scale)))
         return
     if args.stage_child:
-        stage_child(args.stage_child, args.report, args.mock_tfds, args.child_args)
+        stage_child(
+            args.stage_child, report=args.report, mock_tfds=args.mock_tfds, args=args.child_args
+        )
         return
     batch_size = args.batch_size or project_params().features.batch_size
     if args.rss_child:
@@ -801,7 +815,9 @@ def main() -> None:
         gflop_per_image = 2 * macs / 1e9
 
         naive, naive_out = naive_loop(conv_base, images)
-        pipeline, head_path = pipeline_run(conv_base, images_path, batch_size, workdir)
+        pipeline, head_path = pipeline_run(
+            conv_base, images_path, batch_size=batch_size, workdir=workdir
+        )
         best = best_of(
             {"naive": naive, "pipeline": pipeline, "ceiling": matmul_run()}, sizes["reps"]
         )
@@ -817,10 +833,12 @@ def main() -> None:
         rss = measure_rss(sizes["rss_n"], batch_size, workdir)
         finetune_batch = args.finetune_batch_size or project_params().finetune.batch_size
         cached_s, full_s = measure_finetune(
-            images, sizes["finetune_n"], sizes["finetune_reps"], finetune_batch
+            images, n=sizes["finetune_n"], reps=sizes["finetune_reps"], batch_size=finetune_batch
         )
         finetune_at = {
-            size: finetune_speedup_at(size, sizes[f"finetune_n_{size}"], 2, finetune_batch)
+            size: finetune_speedup_at(
+                size, n=sizes[f"finetune_n_{size}"], reps=2, batch_size=finetune_batch
+            )
             for size in (64, 150)
         }
         epochs_s = stream_vs_memory(workdir, sizes["finetune_reps"] + 1)

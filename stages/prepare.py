@@ -27,7 +27,9 @@ def main() -> None:
             f"data.dataset: the training images hold {len(present)} class(es); need at least 2"
         )
 
-    indices = split_indices(train_labels, has_test, params.prepare, params.seed)
+    indices = split_indices(
+        train_labels, has_test_split=has_test, params=params.prepare, seed=params.seed
+    )
     sources = {"train": (train_images, train_labels), "val": (train_images, train_labels)}
     if has_test:
         test_labels = load_array(raw_labels("test"), mmap=False)

@@ -68,7 +68,7 @@ def command_env() -> dict[str, str]:
 
 
 def run(
-    cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900
+    cmd: list[str], cwd: Path, *, check: bool = True, timeout: float = 900
 ) -> subprocess.CompletedProcess:
     """Run a command with the project's venv first on PATH; on failure show its output's tail."""
     result = subprocess.run(

@@ -58,7 +58,12 @@ def stage(name: str) -> list[str]:
 
 
 def save_images(
-    folder: Path, count: int, size: tuple[int, int] = (8, 8), mode: str = "RGB", seed: int = 0
+    folder: Path,
+    count: int,
+    *,
+    size: tuple[int, int] = (8, 8),
+    mode: str = "RGB",
+    seed: int = 0,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -122,7 +122,7 @@ class Running:
 
 
 def wait_for(
-    condition: Callable[[], object], running: Running, what: str, timeout: float = 300
+    condition: Callable[[], object], running: Running, what: str, *, timeout: float = 300
 ) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

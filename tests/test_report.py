@@ -32,9 +32,9 @@ def test_pictures_are_pngs(tmp_path):
         images,
         np.array([0, 1, 0, 1, 0]),
         np.array([1, 1, 0, 1, 0]),
-        np.full(5, 0.9),
-        ["cat", "dog"],
-        tmp_path / "samples.png",
+        confidence=np.full(5, 0.9),
+        class_names=["cat", "dog"],
+        path=tmp_path / "samples.png",
     )
     for name in ("curves.png", "confusion.png", "samples.png"):
         with Image.open(tmp_path / name) as image:

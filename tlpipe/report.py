@@ -60,7 +60,7 @@ def write_report(
     save_json(out_dir / "per_class.json", {name: report[name] for name in class_names})
     with atomic_path(out_dir / "per_class.md") as temporary:
         temporary.write_text(per_class_markdown(report, class_names))
-    write_confusion_rows(out_dir / "confusion.csv", truth, predicted, class_names)
+    write_confusion_rows(out_dir / "confusion.csv", truth, predicted, class_names=class_names)
     matrix = confusion_matrix(truth, predicted, labels=labels)
     plot_confusion(matrix, class_names, out_dir / "confusion.png")
     rows = sample_order(truth, predicted, SAMPLES)
@@ -68,14 +68,14 @@ def write_report(
         test_images(rows),
         truth[rows],
         predicted[rows],
-        probabilities[rows, predicted[rows]],
-        class_names,
-        out_dir / "samples.png",
+        confidence=probabilities[rows, predicted[rows]],
+        class_names=class_names,
+        path=out_dir / "samples.png",
     )
 
 
 def write_confusion_rows(
-    path: Path, truth: np.ndarray, predicted: np.ndarray, class_names: list[str]
+    path: Path, truth: np.ndarray, predicted: np.ndarray, *, class_names: list[str]
 ) -> None:
     """One row per test image (actual, predicted), the input of DVC's confusion template."""
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as file:
@@ -132,6 +132,7 @@ def plot_samples(
     images: np.ndarray,
     truth: np.ndarray,
     predicted: np.ndarray,
+    *,
     confidence: np.ndarray,
     class_names: list[str],
     path: Path,

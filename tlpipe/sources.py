@@ -153,7 +153,7 @@ def ensure_tfds_prepared(builder, manual_dir: Path) -> None:
 
 
 def write_tfds_split(
-    builder: Any, split: str, image_size: int | None, out_dir: Path = RAW_DIR
+    builder: Any, split: str, *, image_size: int | None, out_dir: Path = RAW_DIR
 ) -> None:
     """One split's (image, label) pairs to `out_dir` as uint8 images and int64 labels, streamed
     a batch at a time."""
@@ -209,13 +209,13 @@ def write_tfds(name: str, image_size: int | None, out_dir: Path = RAW_DIR) -> li
         raise UserError(f"data.dataset: {name}'s label '{keys[1]}' is not a class label")
     ensure_tfds_prepared(builder, data_dir / "downloads" / "manual")
     try:
-        write_tfds_split(builder, "train", image_size, out_dir)
+        write_tfds_split(builder, "train", image_size=image_size, out_dir=out_dir)
     except ValueError as error:  # tfds: unknown split
         raise UserError(
             f"data.dataset: {name} has no 'train' split ({str(error).splitlines()[0]})"
         ) from None
     if "test" in builder.info.splits:
-        write_tfds_split(builder, "test", image_size, out_dir)
+        write_tfds_split(builder, "test", image_size=image_size, out_dir=out_dir)
     else:
         for path in (raw_images("test", out_dir), raw_labels("test", out_dir)):
             path.unlink(missing_ok=True)  # left by an earlier dataset

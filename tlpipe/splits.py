@@ -16,7 +16,7 @@ BATCH = 256  # images resized at a time: memory stays flat in the number of imag
 
 
 def stratified_split(
-    indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int, what: str
+    indices: np.ndarray, labels: np.ndarray, *, fraction: float, seed: int, what: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split `indices` into (rest, held_out), `fraction` held out, classes kept in proportion."""
     from sklearn.model_selection import train_test_split
@@ -38,16 +38,20 @@ def stratified_split(
 
 
 def split_indices(
-    train_labels: np.ndarray, has_test_split: bool, params: PrepareParams, seed: int
+    train_labels: np.ndarray, *, has_test_split: bool, params: PrepareParams, seed: int
 ) -> dict[str, np.ndarray | None]:
     """Indices into the raw train array for train, val and (without a test split of the
     dataset's own) test; `test` is None when the dataset has its own test split."""
     pool = np.arange(len(train_labels))
     test = None
     if not has_test_split:
-        pool, test = stratified_split(pool, train_labels, params.test_fraction, seed, "test")
+        pool, test = stratified_split(
+            pool, train_labels, fraction=params.test_fraction, seed=seed, what="test"
+        )
     val_of_pool = params.val_fraction / (1.0 if has_test_split else 1.0 - params.test_fraction)
-    train, val = stratified_split(pool, train_labels, val_of_pool, seed, "validation")
+    train, val = stratified_split(
+        pool, train_labels, fraction=val_of_pool, seed=seed, what="validation"
+    )
     return {"train": train, "val": val, "test": test}
 
 
