@@ -392,6 +392,11 @@ def predict_without_model(root: Path, assets: Assets) -> list[str]:
     return [TLPIPE, "predict", "new"]
 
 
+def predict_a_missing_path(root: Path, assets: Assets) -> list[str]:
+    save_images(root / "new", 1)
+    return [TLPIPE, "predict", "new", "no/such/photo.jpg"]
+
+
 def predict_with_a_broken_image(root: Path, assets: Assets) -> list[str]:
     assets.install_model(root)
     save_images(root / "new", 2, size=(40, 30))
@@ -759,8 +764,13 @@ CASES = [
     tlpipe_case(
         "predict-without-model",
         predict_without_model,
-        r"^error: models/model\.json is missing: "
-        r"it is written with models/model\.keras by the finetune stage \(run `dvc repro`\)$",
+        r"^error: no model at models/model\.keras \(looked in /.+/models\): run `dvc repro` in the "
+        r"project's folder, or pass --model PATH to a model\.keras that finetune wrote$",
+    ),
+    tlpipe_case(
+        "predict-a-missing-path",
+        predict_a_missing_path,
+        r"^error: no such file or folder: no/such/photo\.jpg$",
     ),
     tlpipe_case(
         "predict-broken-image-among-good",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -80,14 +81,31 @@ def test_predict_uses_the_training_preprocessing(workdir):
         assert probabilities[name] == pytest.approx(float(expected[index]), abs=1e-5)
 
 
-def test_predict_without_a_model_is_one_line(tmp_path):
-    result = tlpipe(["predict", "whatever.png"], tmp_path)
+def test_predict_without_a_model_says_where_it_looked_and_how_to_pass_one(tmp_path):
+    (tmp_path / "photo.png").write_bytes(b"")
+    result = tlpipe(["predict", "photo.png"], tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().endswith(
-        "models/model.json is missing: it is written with models/model.keras "
-        "by the finetune stage (run `dvc repro`)"
+        f"error: no model at models/model.keras (looked in {tmp_path.resolve() / 'models'}): "
+        "run `dvc repro` in the project's folder, or pass --model PATH to a model.keras that "
+        "finetune wrote"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_a_model_without_its_json_is_one_line(workdir, tmp_path):
+    (tmp_path / "model.keras").write_bytes((workdir / "models/model.keras").read_bytes())
+    result = tlpipe(["predict", "--model", "model.keras", str(workdir / "images")], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        "model.json is missing: it is written with model.keras by the finetune stage "
+        "(run `dvc repro`)"
+    )
+
+
+def test_version(tmp_path):
+    result = tlpipe(["--version"], tmp_path, check=True)
+    assert re.fullmatch(r"tlpipe \d+\.\d+\.\d+\n", result.stdout)
 
 
 def test_summary_lists_layers_with_trainable_flags(workdir):

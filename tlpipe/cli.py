@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Use the model trained by the DVC pipeline "
         "(run `dvc repro` or `make demo` first).",
     )
+    parser.add_argument("--version", action="version", version=f"tlpipe {version('tlpipe')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     predict = commands.add_parser(
@@ -92,6 +94,11 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 def model_info(model_path: Path) -> dict:
     """Backbone name, input size and class names stored next to the model by `finetune`."""
+    if not model_path.exists():
+        raise UserError(
+            f"no model at {model_path} (looked in {model_path.resolve().parent}): run `dvc repro` "
+            "in the project's folder, or pass --model PATH to a model.keras that finetune wrote"
+        )
     info_path = model_path.with_suffix(".json")
     if not info_path.exists():
         raise UserError(
@@ -112,15 +119,18 @@ def predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
-    info = model_info(args.model)
-    model = load_model(args.model)
-    classes, top_k = info["classes"], min(args.top_k, len(info["classes"]))
-
+    # Everything that can be checked without TensorFlow is checked before loading the model.
+    missing = [str(path) for path in args.paths if not path.exists()]
+    if missing:
+        raise UserError(f"no such file or folder: {', '.join(missing)}")
     files = image_files(args.paths)
     if not files:
         raise UserError(
             f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, args.paths))}"
         )
+    info = model_info(args.model)
+    model = load_model(args.model)
+    classes, top_k = info["classes"], min(args.top_k, len(info["classes"]))
     results, failed = [], 0
     # A batch at a time: decode, resize, classify, print, so memory does not grow with the files.
     for start in range(0, len(files), args.batch_size):
