@@ -419,21 +419,38 @@ def write_photos(folder: Path, *, n: int, size: int, seed: int) -> None:
         Image.fromarray(pixels).save(target, quality=90)
 
 
-def scale_project(root: Path, **changes: object) -> Path:
-    """An empty project folder: params.yaml for 150 px, random weights, one epoch, `changes`."""
+def write_params(root: Path, changes: dict[str, object]) -> Path:
+    """`root`/params.yaml: the project's params with dotted-key `changes` applied."""
     import yaml
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["dataset"], params["backbone"]["weights"] = "photos", "none"
-    params["prepare"]["image_size"] = SCALE_SIZE
-    params["train"]["epochs"] = params["finetune"]["epochs"] = 1
-    params["features"]["batch_size"] = params["evaluate"]["batch_size"] = SCALE_BATCH
     for dotted, value in changes.items():
         section, key = dotted.split(".")
         params[section][key] = value
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
+
+
+def scale_project(root: Path, **changes: object) -> Path:
+    """An empty project folder: params.yaml for 150 px, random weights, one epoch, `changes`."""
+    scale = {
+        "data.dataset": "photos",
+        "backbone.weights": "none",
+        "prepare.image_size": SCALE_SIZE,
+        "train.epochs": 1,
+        "finetune.epochs": 1,
+        "features.batch_size": SCALE_BATCH,
+        "evaluate.batch_size": SCALE_BATCH,
+    }
+    return write_params(root, scale | changes)
+
+
+def place_tfds_archive(project: Path) -> None:
+    """The empty CIFAR-10 archive tfds expects offline; its mock data never reads it."""
+    manual = project / "tfds" / "downloads" / "manual"
+    manual.mkdir(parents=True)
+    (manual / "cifar-10-binary.tar.gz").write_bytes(b"")
 
 
 def stage_peak_rss(project: Path, module: str, *args: str, mock_tfds: int = 0) -> float:
@@ -548,9 +565,7 @@ def measure_stage_rss(mode: str, workdir: Path) -> dict[str, dict[str, float]]:
         project = scale_project(
             base / "tfds", **{"data.dataset": "cifar10", "data.image_size": SCALE_SIZE}
         )
-        manual = project / "tfds" / "downloads" / "manual"  # offline: the archive tfds expects
-        manual.mkdir(parents=True)
-        (manual / "cifar-10-binary.tar.gz").write_bytes(b"")  # mock_data never reads it
+        place_tfds_archive(project)
         rss["download_tfds"] = stage_peak_rss(
             project, "stages.download", mock_tfds=n["download_tfds"]
         )
@@ -698,23 +713,16 @@ def pipeline_at_scale(workdir: Path, images: int, size: int) -> dict[str, object
         if not name.startswith(("benchmarks/", "docs/", "metrics/", "tests/")):
             (workdir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, workdir / name)
-    project = scale_project(
-        workdir,
-        **{"data.dataset": "cifar10", "prepare.image_size": size, "prepare.test_fraction": 1 / 6},
-    )
-    params = (project / "params.yaml").read_text()
-    import yaml
-
-    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
-    restored = yaml.safe_load(params)
-    for section in ("train", "finetune", "features", "evaluate"):
-        restored[section] = defaults[section]  # the real epochs and batch sizes
-    if size != 32:
-        restored["data"]["image_size"] = size
-    (project / "params.yaml").write_text(yaml.safe_dump(restored))
-    manual = project / "tfds" / "downloads" / "manual"
-    manual.mkdir(parents=True)
-    (manual / "cifar-10-binary.tar.gz").write_bytes(b"")
+    changes = {
+        "data.dataset": "cifar10",
+        "backbone.weights": "none",
+        "prepare.image_size": size,
+        "prepare.test_fraction": 1 / 6,
+    }
+    if size != 32:  # CIFAR-10's own size
+        changes["data.image_size"] = size
+    project = write_params(workdir, changes)
+    place_tfds_archive(project)
     for command in (
         ["git", "init", "-q"],
         ["git", "add", "-A"],
