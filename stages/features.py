@@ -20,6 +20,7 @@ from tlpipe.paths import (
     head_features,
     prepared_images,
 )
+from tlpipe.precision import choose_precision, computing_in
 from tlpipe.runtime import UserError, run_stage, seed_everything
 from tlpipe.storage import RERUN_HINT, load_array, save_json, save_model
 
@@ -53,25 +54,27 @@ def main() -> None:
     )
     boundary = boundary_layer(base, params.finetune.unfreeze_from)
     bottom, top = split_at(base, boundary)
-    forward = compile_forward(bottom, top)
-
     dtype = params.features.dtype
     values_per_image = int(np.prod(bottom.output.shape[1:])) + int(np.prod(top.output.shape[1:]))
     images = sum(len(x) for x in inputs.values())
     check_free_space(FEATURES_DIR, np.dtype(dtype).itemsize * values_per_image * images)
-    for split in SPLITS:
-        rate = extract_features(
-            bottom,
-            top,
-            inputs[split],
-            batch_size=params.features.batch_size,
-            boundary_path=boundary_features(split),
-            head_path=head_features(split),
-            label=split,
-            dtype=dtype,
-            forward=forward,
-        )
-        print(f"features: {split}: {len(inputs[split])} images at {rate:.0f} img/s")
+    precision = choose_precision(params.features.precision, stage="features")
+    print(f"features: the conv base computes in {precision}")
+    with computing_in(base, precision):  # saved below as float32 layers, whatever computed
+        forward = compile_forward(bottom, top)
+        for split in SPLITS:
+            rate = extract_features(
+                bottom,
+                top,
+                inputs[split],
+                batch_size=params.features.batch_size,
+                boundary_path=boundary_features(split),
+                head_path=head_features(split),
+                label=split,
+                dtype=dtype,
+                forward=forward,
+            )
+            print(f"features: {split}: {len(inputs[split])} images at {rate:.0f} img/s")
     save_model(base, BACKBONE_FILE)
     save_json(
         BOUNDARY_INFO_FILE,

@@ -26,6 +26,7 @@ from tlpipe.paths import (
     prepared_images,
     prepared_labels,
 )
+from tlpipe.precision import choose_precision, computing_in
 from tlpipe.runtime import run_stage, seed_everything
 from tlpipe.storage import check_same_rows, load_json, load_model, open_rows, save_json, save_model
 from tlpipe.streaming import batches
@@ -58,22 +59,24 @@ def main() -> None:
     for split in ("train", "val"):
         check_same_rows({inputs[split].path: inputs[split], labels[split].path: labels[split]})
 
-    compile_classifier(model, params.lr)
+    precision = choose_precision(params.finetune.precision, stage="finetune")
     trained = sum(layer.trainable for layer in trainable.layers[1].layers)
     print(
         f"finetune: training {trained} backbone layers from {params.finetune.unfreeze_from} "
-        f"and the head at lr={params.lr:g}"
+        f"and the head at lr={params.lr:g} in {precision}"
     )
     batch_size = params.finetune.batch_size
-    fit_logged(
-        model,
-        batches(inputs["train"], labels["train"], batch_size=batch_size, seed=params.seed),
-        batches(inputs["val"], labels["val"], batch_size=batch_size),
-        epochs=params.finetune.epochs,
-        patience=params.finetune.patience,
-        live_dir=FINETUNE_LIVE_DIR,
-        title="Fine-tuning",
-    )
+    with computing_in(model, precision):  # saved below as float32 layers, whatever trained
+        compile_classifier(model, params.lr)
+        fit_logged(
+            model,
+            batches(inputs["train"], labels["train"], batch_size=batch_size, seed=params.seed),
+            batches(inputs["val"], labels["val"], batch_size=batch_size),
+            epochs=params.finetune.epochs,
+            patience=params.finetune.patience,
+            live_dir=FINETUNE_LIVE_DIR,
+            title="Fine-tuning",
+        )
 
     full.compile(loss="categorical_crossentropy", metrics=["accuracy"])
     save_model(full, MODEL_FILE)

@@ -50,6 +50,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "backbone.weights": ("imagenet", frozenset({"features"})),
     "features.batch_size": (64, frozenset({"features"})),
     "features.dtype": ("float16", frozenset({"features"})),
+    "features.precision": ("bfloat16", frozenset({"features"})),
     "train.epochs": (4, frozenset({"train"})),
     "train.batch_size": (32, frozenset({"train"})),
     "train.lr": (5e-4, frozenset({"train"})),
@@ -64,6 +65,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     ),  # the cut is cached by features
     "finetune.patience": (2, frozenset({"finetune"})),
     "finetune.augment": (True, frozenset({"finetune"})),
+    "finetune.precision": ("bfloat16", frozenset({"finetune"})),
     "evaluate.batch_size": (64, frozenset({"evaluate"})),
     "stages/download.py": (None, frozenset({"download"})),
     "stages/prepare.py": (None, frozenset({"prepare"})),
@@ -75,6 +77,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/images.py": (None, frozenset({"download", "prepare"})),  # prepare: via splits.py
     "tlpipe/splits.py": (None, frozenset({"prepare"})),
     "tlpipe/features.py": (None, frozenset({"features"})),
+    "tlpipe/precision.py": (None, frozenset({"features", "finetune"})),
     "tlpipe/streaming.py": (None, frozenset({"train", "finetune", "evaluate"})),
     "tlpipe/training.py": (None, frozenset({"train", "finetune"})),
     "tlpipe/report.py": (None, frozenset({"train", "finetune", "evaluate"})),  # via training.py

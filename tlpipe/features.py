@@ -40,14 +40,17 @@ def compile_forward(
     """One traced graph returning (boundary activations, conv-base output) for any batch size.
 
     Compile once and pass it to every `extract_features` call, so several splits pay for tracing
-    only once.
+    only once. The layers compute in the precision they have when it is first called (see
+    `tlpipe.precision.computing_in`).
     """
     spec = tf.TensorSpec((None, *bottom.input.shape[1:]), tf.float32)
 
     @tf.function(input_signature=[spec])
     def forward(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         at_boundary = bottom(images, training=False)
-        return at_boundary, top(at_boundary, training=False)
+        at_output = top(at_boundary, training=False)
+        # Under mixed precision the layers return bfloat16/float16; the caches hold float32 values.
+        return tf.cast(at_boundary, tf.float32), tf.cast(at_output, tf.float32)
 
     return forward
 

@@ -83,6 +83,8 @@ Dropout = _number_type(ge=0.0, lt=1.0)
 Boolean = Annotated[bool, Field(strict=True), BeforeValidator(_bool_from_text)]
 Text = Annotated[str, Field(strict=True, min_length=1), BeforeValidator(_stripped)]
 BackboneName = Literal[tuple(BACKBONES)]
+# float32, or Keras mixed precision computing in 16 bits (tlpipe/precision.py).
+Precision = Literal["float32", "bfloat16", "float16"]
 
 
 class Section(BaseModel):
@@ -153,6 +155,7 @@ class BackboneParams(Section):
 class FeaturesParams(Section):
     batch_size: BatchSize
     dtype: Literal["float32", "float16"]  # how the two feature caches are stored
+    precision: Precision  # what the conv base computes in
 
 
 class TrainParams(Section):
@@ -170,6 +173,7 @@ class FinetuneParams(Section):
     unfreeze_from: Text  # a layer name; `auto` is resolved to the backbone's last block on loading
     patience: Count
     augment: Boolean
+    precision: Precision  # what the fine-tuned layers compute in
 
 
 class EvaluateParams(Section):
