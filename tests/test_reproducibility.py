@@ -2,7 +2,8 @@
 
 Each clone has its own git repository, DVC cache and processes, so nothing can be shared between
 the two runs: equal hashes mean the stages themselves are deterministic (seeded, op determinism on,
-byte-reproducible .npy/.keras/.json files).
+byte-reproducible .npy/.keras/.json files). Both precisions: float32, and bfloat16 for the conv
+base and fine-tuning (which runs as float32, saying so, on a CPU without native bfloat16).
 """
 
 from __future__ import annotations
@@ -13,17 +14,21 @@ import pytest
 import yaml
 
 from tests.helpers import ALL_STAGES, OFFLINE, TINY, copy_project, run, stages_that_ran
+from tlpipe.precision import cpu_flags, effective_precision
 
 
-@pytest.fixture(scope="module")
-def clones(tmp_path_factory) -> tuple[Path, Path]:
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def clones(request, tmp_path_factory) -> tuple[Path, Path]:
+    precision = request.param
+    expected, _ = effective_precision(precision, flags=cpu_flags(), has_gpu=False)
+    overrides = ["-S", f"features.precision={precision}", "-S", f"finetune.precision={precision}"]
     projects = []
     for name in ("first", "second"):
-        project = copy_project(tmp_path_factory.mktemp(name))
-        assert (
-            stages_that_ran(run(["dvc", "exp", "run", *OFFLINE, *TINY], project).output)
-            == ALL_STAGES
-        )
+        project = copy_project(tmp_path_factory.mktemp(f"{name}-{precision}"))
+        output = run(["dvc", "exp", "run", *OFFLINE, *TINY, *overrides], project).output
+        assert stages_that_ran(output) == ALL_STAGES
+        assert f"features: the conv base computes in {expected}" in output
+        assert f"in {expected}\n" in output  # finetune's "training ... at lr=... in <precision>"
         projects.append(project)
     return projects[0], projects[1]
 
