@@ -13,11 +13,17 @@ VGG16 conv base, it measures in one process:
 - pipeline_img_s: `tlpipe.features.extract_features` (bottom/top split at block4_pool, input a
   memory-mapped .npy as the stage reads it, both outputs streamed to .npy in a temporary folder);
 - ceiling_gflops: float32 4096x4096 matmul throughput in TensorFlow, and efficiency = the
-  pipeline's GFLOP/s (conv MACs per image x 2 x img/s) divided by that ceiling;
+  pipeline's GFLOP/s (conv MACs per image x 2 x img/s) divided by that ceiling, counting only the
+  MACs whose taps touch real pixels (a 3x3 "same" convolution's taps on its zero padding are not
+  computed by oneDNN; counting them, as `efficiency_all_taps` does, gave efficiencies above 1);
 - rss_1x_mb, rss_10x_mb: peak RSS of a child process running extract_features on N and 10N
   memory-mapped images (each child reports its own peak, VmHWM: see `peak_rss_mb`);
 - finetune_epoch_speedup: one fine-tuning epoch on a full forward pass over images (VGG16 frozen up
-  to block4_pool) divided by one epoch of the same model on the cached boundary activations.
+  to block4_pool) divided by one epoch of the same model on the cached boundary activations;
+- bf16_features_speedup, bf16_finetune_speedup: bfloat16 (Keras mixed precision, as
+  `features.precision` / `finetune.precision: bfloat16` run it) over float32, at 64 px: features
+  throughput on the same images, and a cached fine-tuning epoch; efficiency_64_by_precision: each
+  precision's features GFLOP/s (real-pixel MACs) over the matmul ceiling of the same dtype.
 
 Throughputs are the best of a few repetitions after a warm-up: other processes on the machine can
 only slow a repetition down, so the best one is the closest to what the code itself can do. What is
@@ -73,6 +79,8 @@ MODES = {
         finetune_reps=2,
         finetune_n_64=384,
         finetune_n_150=96,
+        bf16_n=256,
+        bf16_finetune_n=1536,
     ),
     "full": dict(
         n_images=3072,
@@ -82,6 +90,8 @@ MODES = {
         finetune_reps=3,
         finetune_n_64=768,
         finetune_n_150=192,
+        bf16_n=512,
+        bf16_finetune_n=3072,
     ),
 }
 
@@ -103,8 +113,13 @@ def seeded_vgg16(input_shape: tuple[int, int, int] = IMAGE_SHAPE):
     return keras.applications.VGG16(weights=None, include_top=False, input_shape=input_shape)
 
 
-def conv_macs_per_image(model) -> int:
-    """Multiply-accumulates of every Conv2D layer for one image: H_out*W_out*C_out*kH*kW*C_in."""
+def conv_macs_per_image(model, *, real_pixels_only: bool = False) -> int:
+    """Multiply-accumulates of every Conv2D layer for one image: H_out*W_out*C_out*kH*kW*C_in.
+
+    With `real_pixels_only`, the taps of a "same" convolution that fall on its zero padding are not
+    counted: oneDNN does not compute them, and on the 2x2 and 4x4 maps of block5 at 32 px they are
+    more than half of all taps, which made the all-taps count exceed the machine's ceiling.
+    """
     import keras
 
     macs = 0
@@ -112,8 +127,18 @@ def conv_macs_per_image(model) -> int:
         if isinstance(layer, keras.layers.Conv2D):
             _, height, width, _ = layer.output.shape
             k_h, k_w, c_in, c_out = layer.kernel.shape
-            macs += height * width * c_out * k_h * k_w * c_in
+            if real_pixels_only and layer.padding == "same" and layer.strides == (1, 1):
+                macs += taps_on_pixels(height, k_h) * taps_on_pixels(width, k_w) * c_in * c_out
+            else:
+                macs += height * width * c_out * k_h * k_w * c_in
     return int(macs)
+
+
+def taps_on_pixels(n: int, k: int) -> int:
+    """Kernel taps over all n output positions of one axis that land inside the input (stride 1,
+    "same" padding: k // 2 zeros on each side)."""
+    r = k // 2
+    return sum(min(p + r, n - 1) - max(p - r, 0) + 1 for p in range(n))
 
 
 def write_random_images(path: Path, n: int, seed: int) -> None:
@@ -213,13 +238,14 @@ def pipeline_run(
     return run, head_path
 
 
-def matmul_run() -> Callable[[], object]:
-    """A float32 MATMUL_SIZE^2 matmul (2 * MATMUL_SIZE^3 flops), warmed up: the machine's
-    ceiling."""
+def matmul_run(dtype: str = "float32") -> Callable[[], object]:
+    """A MATMUL_SIZE^2 matmul in `dtype` (2 * MATMUL_SIZE^3 flops), warmed up: the machine's
+    ceiling for that dtype."""
     import tensorflow as tf
 
     a = tf.random.stateless_normal((MATMUL_SIZE, MATMUL_SIZE), seed=(1, 2), dtype=tf.float32)
     b = tf.random.stateless_normal((MATMUL_SIZE, MATMUL_SIZE), seed=(3, 4), dtype=tf.float32)
+    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
     for _ in range(2):
         tf.linalg.matmul(a, b)  # warm-up: thread pools, oneDNN primitive cache
     return lambda: tf.linalg.matmul(a, b)  # eager CPU ops return once computed
@@ -764,6 +790,104 @@ def pipeline_at_scale(workdir: Path, images: int, size: int) -> dict[str, object
 
 
 # --------------------------------------------------------------------------------------------- main
+BF16_SIZE = 64  # px: block5 on 4x4 maps, where padding taps no longer dominate
+
+
+def bfloat16_vs_float32(
+    workdir: Path, *, n: int, finetune_n: int, reps: int, batch_size: int, finetune_batch: int
+) -> dict[str, float]:
+    """Seconds for the same work in float32 and in bfloat16 (`tlpipe.precision.computing_in`), at
+    BF16_SIZE px, the two alternating within each round: the features stage's path over `n`
+    images; one cached fine-tuning epoch (block5 and the head on `finetune_n` boundary
+    activations); and the MATMUL_SIZE^2 matmul in each dtype, each precision's ceiling."""
+    from contextlib import ExitStack
+
+    import keras
+
+    from tlpipe.backbone import boundary_layer, split_at
+    from tlpipe.features import compile_forward, extract_features
+    from tlpipe.precision import computing_in
+    from tlpipe.storage import load_array
+    from tlpipe.training import build_finetune_models, build_head, compile_classifier
+
+    shape = (BF16_SIZE, BF16_SIZE, 3)
+    rng = np.random.default_rng(SEED)
+    np.save(workdir / "bf16_x.npy", rng.uniform(-124.0, 152.0, (n, *shape)).astype(np.float32))
+    images = load_array(workdir / "bf16_x.npy")
+    conv_base = seeded_vgg16(shape)
+    bottom, top = split_at(conv_base, boundary_layer(conv_base, UNFREEZE_FROM))
+    outputs = {"boundary_path": workdir / "bf16_b.npy", "head_path": workdir / "bf16_h.npy"}
+
+    def features_in(precision: str) -> Callable[[], object]:
+        with computing_in(conv_base, precision):
+            forward = compile_forward(bottom, top)
+            extract_features(  # warm-up: traces the graph in this precision
+                bottom,
+                top,
+                images[:batch_size],
+                batch_size=batch_size,
+                label="warm-up",
+                forward=forward,
+                **outputs,
+            )
+
+        def run() -> None:
+            with computing_in(conv_base, precision):
+                extract_features(
+                    bottom,
+                    top,
+                    images,
+                    batch_size=batch_size,
+                    label=precision,
+                    forward=forward,
+                    **outputs,
+                )
+
+        return run
+
+    activations = np.abs(rng.normal(0, 1, (finetune_n, *bottom.output.shape[1:]))).astype(
+        np.float32
+    )
+    labels = keras.utils.to_categorical(rng.integers(0, CLASSES, finetune_n), CLASSES)
+    epochs = {}
+    with ExitStack() as stack:
+        for precision in ("float32", "bfloat16"):
+            head = build_head(conv_base.output.shape[1:], CLASSES, units=256, dropout=0.5)
+            trainable, _ = build_finetune_models(
+                seeded_vgg16(shape), head, boundary_layer(conv_base, UNFREEZE_FROM)
+            )
+            stack.enter_context(computing_in(trainable, precision))
+            compile_classifier(trainable, 1e-4)
+            warm = 2 * finetune_batch
+            trainable.fit(activations[:warm], labels[:warm], batch_size=finetune_batch, verbose=0)
+            epochs[precision] = lambda model=trainable: model.fit(
+                activations, labels, batch_size=finetune_batch, epochs=1, shuffle=True, verbose=0
+            )
+        best = best_of(
+            {
+                "features_float32": features_in("float32"),
+                "features_bfloat16": features_in("bfloat16"),
+                "finetune_float32": epochs["float32"],
+                "finetune_bfloat16": epochs["bfloat16"],
+                "matmul_float32": matmul_run("float32"),
+                "matmul_bfloat16": matmul_run("bfloat16"),
+            },
+            reps,
+        )
+    macs = conv_macs_per_image(conv_base, real_pixels_only=True)
+    result = {}
+    for precision in ("float32", "bfloat16"):
+        img_s = n / best[f"features_{precision}"]
+        ceiling = 2 * MATMUL_SIZE**3 / best[f"matmul_{precision}"] / 1e9
+        result[precision] = {
+            "features_img_s": img_s,
+            "finetune_epoch_s": best[f"finetune_{precision}"],
+            "ceiling_gflops": ceiling,
+            "efficiency": 2 * macs * img_s / 1e9 / ceiling,
+        }
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument(
@@ -819,7 +943,8 @@ def main() -> None:
         images = np.load(images_path)  # in memory, for the naive loop (the textbook way)
 
         conv_base = seeded_vgg16()
-        macs = conv_macs_per_image(conv_base)
+        macs = conv_macs_per_image(conv_base, real_pixels_only=True)
+        all_taps = conv_macs_per_image(conv_base)
         gflop_per_image = 2 * macs / 1e9
 
         naive, naive_out = naive_loop(conv_base, images)
@@ -851,6 +976,14 @@ def main() -> None:
         }
         epochs_s = stream_vs_memory(workdir, reps=5)  # epochs of ~3 s: best of 5 is stable
         memory_epoch_s, stream_epoch_s = epochs_s["memory"], epochs_s["stream_float32"]
+        precisions = bfloat16_vs_float32(
+            workdir,
+            n=sizes["bf16_n"],
+            finetune_n=sizes["bf16_finetune_n"],
+            reps=sizes["reps"],
+            batch_size=batch_size,
+            finetune_batch=finetune_batch,
+        )
         stage_rss = measure_stage_rss(mode, workdir)
         written_224 = {
             dtype: bytes_per_image_224(workdir, dtype) for dtype in ("float32", "float16")
@@ -872,6 +1005,16 @@ def main() -> None:
             stage: round(stage_rss["10x"][stage] / stage_rss["1x"][stage], 3)
             for stage in stage_rss["1x"]
         },
+        "bf16_features_speedup": round(
+            precisions["bfloat16"]["features_img_s"] / precisions["float32"]["features_img_s"], 2
+        ),
+        "bf16_finetune_speedup": round(
+            precisions["float32"]["finetune_epoch_s"] / precisions["bfloat16"]["finetune_epoch_s"],
+            2,
+        ),
+        "efficiency_64_by_precision": {
+            precision: round(values["efficiency"], 3) for precision, values in precisions.items()
+        },
         "bytes_per_image_224": round(sum(written_224[project_params().features.dtype].values())),
         # extras
         "mode": mode,
@@ -879,6 +1022,11 @@ def main() -> None:
         "batch_size": batch_size,
         "speedup_vs_naive": round(pipeline_img_s / naive_img_s, 2),
         "gflop_per_image": round(gflop_per_image, 4),
+        "efficiency_all_taps": round(2 * all_taps / 1e9 * pipeline_img_s / ceiling_gflops, 3),
+        "precisions_64": {
+            precision: {key: round(value, 3) for key, value in values.items()}
+            for precision, values in precisions.items()
+        },
         "pipeline_gflops": round(pipeline_gflops, 1),
         "rss_n": sizes["rss_n"],
         "rss_ratio": round(rss_10x / rss_1x, 3),
@@ -916,7 +1064,7 @@ def main() -> None:
         (
             "conv base work per image",
             f"{gflop_per_image:8.3f} GFLOP",
-            f"{macs:,} MACs from Conv2D layers",
+            f"{macs:,} MACs on real pixels ({all_taps:,} counting padding taps)",
         ),
         ("pipeline compute rate", f"{pipeline_gflops:8.1f} GFLOP/s", ""),
         (
@@ -963,6 +1111,27 @@ def main() -> None:
             "demo fine-tuning epoch, float16 cache",
             f"{epochs_s['stream_float16']:8.2f} s",
             f"{stream_epoch_s / epochs_s['stream_float16']:.3f}x the float32 cache's speed",
+        ),
+        *(
+            (
+                f"{precision} at {BF16_SIZE} px: features",
+                f"{values['features_img_s']:8.1f} img/s",
+                f"efficiency {values['efficiency']:.3f} of the {precision} matmul's "
+                f"{values['ceiling_gflops']:.0f} GFLOP/s",
+            )
+            for precision, values in precisions.items()
+        ),
+        (
+            f"bfloat16 / float32 features at {BF16_SIZE} px",
+            f"{result['bf16_features_speedup']:8.2f}x",
+            "throughput ratio (target >= 1.7)",
+        ),
+        (
+            f"cached finetune epoch at {BF16_SIZE} px, f32 / bf16",
+            f"{precisions['float32']['finetune_epoch_s']:5.2f}/"
+            f"{precisions['bfloat16']['finetune_epoch_s']:.2f} s",
+            f"speedup {result['bf16_finetune_speedup']:.2f}x (target >= 1.5), "
+            f"{sizes['bf16_finetune_n']} images",
         ),
         *(
             (
