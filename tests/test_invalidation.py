@@ -50,7 +50,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "backbone.weights": ("imagenet", frozenset({"features"})),
     "features.batch_size": (64, frozenset({"features"})),
     "features.dtype": ("float16", frozenset({"features"})),
-    "features.precision": ("bfloat16", frozenset({"features"})),
+    "features.precision": ("float32", frozenset({"features"})),
     "train.epochs": (4, frozenset({"train"})),
     "train.batch_size": (32, frozenset({"train"})),
     "train.lr": (5e-4, frozenset({"train"})),
@@ -65,7 +65,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     ),  # the cut is cached by features
     "finetune.patience": (2, frozenset({"finetune"})),
     "finetune.augment": (True, frozenset({"finetune"})),
-    "finetune.precision": ("bfloat16", frozenset({"finetune"})),
+    "finetune.precision": ("float32", frozenset({"finetune"})),
     "evaluate.batch_size": (64, frozenset({"evaluate"})),
     "stages/download.py": (None, frozenset({"download"})),
     "stages/prepare.py": (None, frozenset({"prepare"})),
