@@ -108,14 +108,15 @@ def test_tfds_source_through_mock_data_with_a_manually_placed_archive(
     # tfds verifies the checksum when it prepares
     (manual / "cifar-10-binary.tar.gz").write_bytes(b"")
     with tfds.testing.mock_data(num_examples=12):
-        class_names = write_tfds("cifar10", None, tmp_path / "raw")
-        write_tfds("cifar10", 48, tmp_path / "resized")
+        class_names, version = write_tfds("cifar10:3.0.2", None, tmp_path / "raw")
+        write_tfds("cifar10:3.0.2", 48, tmp_path / "resized")
     images, labels = raw(tmp_path / "raw")
     assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8
     assert raw(tmp_path / "resized")[0].shape == (12, 48, 48, 3)
     # mock_data does not know a dataset's splits in advance, so only `train` is read here.
     assert not raw_images("test", tmp_path / "raw").exists()
     assert len(class_names) == 10  # the mock carries no label names, only their number
+    assert version == "3.0.2"
     assert labels.dtype == np.int64 and labels.max() < 10
 
 
