@@ -127,7 +127,7 @@ class DataParams(Section):
     @field_validator("folder")
     @classmethod
     def _folder_exists(cls, folder: str, info: ValidationInfo) -> str:
-        # With another dataset data.folder is only a dvc.yaml dep (paths.NO_FOLDER), which DVC checks.
+        # Other datasets: data.folder is only a dvc.yaml dep (paths.NO_FOLDER), which DVC checks.
         if info.data.get("dataset") == "folder" and not Path(folder).is_dir():
             raise ValueError(
                 ", which is not a folder; with data.dataset: folder it must be a folder with one "

@@ -239,8 +239,12 @@ def write_tfds(name: str, image_size: int | None, out_dir: Path = RAW_DIR) -> tu
             f"data.dataset: got {name!r}, which is not a tensorflow-datasets name, 'digits' or "
             "'folder' (see https://www.tensorflow.org/datasets/catalog)"
         ) from None
-    except AssertionError as error:  # tfds: "cannot be loaded at version x, only: y"
-        raise UserError(f"data.dataset: {str(error).splitlines()[0].split(': ', 1)[-1]}") from None
+    except AssertionError as error:  # tfds: "... Dataset x cannot be loaded at version v, only: w."
+        reason = str(error).splitlines()[0]
+        raise UserError(
+            f"data.dataset: got {name!r}; the installed tensorflow-datasets {tfds.__version__} "
+            f"says: {reason[reason.find('Dataset ') :]}"
+        ) from None
     if ":" not in name:
         raise UserError(
             f"data.dataset: got {name!r} without a version; pin it (the installed "
