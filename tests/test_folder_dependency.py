@@ -23,7 +23,7 @@ from PIL import Image
 from tests.helpers import SHIPPED_PARAMS, commit_all, copy_project, run, set_param, stages_that_ran
 from tlpipe.paths import NO_FOLDER, raw_labels
 
-PER_CLASS = 3
+PER_CLASS = 12  # enough for prepare's stratified val and test splits
 
 
 def save_png(path: Path, seed: int) -> None:
@@ -46,7 +46,7 @@ def status(project: Path) -> dict:
 
 @pytest.fixture(scope="module", params=["plain", "dvc-add"])
 def project(request, tmp_path_factory) -> Path:
-    """A project copy reading photos/ (2 classes x 3 PNGs), downloaded once: download up to date.
+    """A project copy reading photos/ (2 classes x 12 PNGs), downloaded and prepared once.
     `dvc-add`: photos/ is tracked with `dvc add` and photos.dvc committed."""
     root = copy_project(tmp_path_factory.mktemp(request.param))
     for index in range(2 * PER_CLASS):
@@ -56,8 +56,8 @@ def project(request, tmp_path_factory) -> Path:
         run(["dvc", "add", "photos"], root)
         assert (root / "photos.dvc").is_file()
     commit_all(root, "photos")
-    result = run(["dvc", "repro", "-s", "download"], root)
-    assert "download: folder: 6 train" in result.stdout
+    result = run(["dvc", "repro", "prepare"], root)
+    assert stages_that_ran(result.output) == {"download", "prepare"}
     assert status(root) == {}
     return root
 
@@ -68,7 +68,7 @@ def add_image(photos: Path) -> Callable[[], None]:
 
 
 def delete_image(photos: Path) -> Callable[[], None]:
-    path = photos / "dogs" / "4.png"
+    path = photos / "dogs" / f"{PER_CLASS}.png"
     data = path.read_bytes()
     path.unlink()
     return lambda: path.write_bytes(data)
@@ -120,22 +120,22 @@ def test_folder_contents_are_the_dependency(project: Path, change):
     assert status(project) == {}
 
 
-def test_repro_reruns_download_for_new_images_only(project: Path):
+def test_repro_reruns_download_and_what_follows_for_new_images_only(project: Path):
     undo = add_image(project / "photos")
     try:
-        result = run(["dvc", "repro", "-s", "download"], project)
-        assert stages_that_ran(result.output) == {"download"}
-        assert "download: folder: 7 train" in result.stdout
+        result = run(["dvc", "repro", "prepare"], project)
+        assert stages_that_ran(result.output) == {"download", "prepare"}
+        assert f"download: folder: {2 * PER_CLASS + 1} train" in result.stdout
     finally:
         undo()
     touch_only(project / "photos")
     # back to the committed images, whose outputs DVC's run cache still holds
-    result = run(["dvc", "repro", "-s", "download"], project)
+    result = run(["dvc", "repro", "prepare"], project)
     assert "Stage 'download' is cached - skipping run, checking out outputs" in result.output
     assert len(np.load(project / raw_labels("train"))) == 2 * PER_CLASS
-    result = run(["dvc", "repro", "-s", "download"], project)
+    result = run(["dvc", "repro", "prepare"], project)
     assert stages_that_ran(result.output) == set()
-    assert "didn't change, skipping" in result.output
+    assert "Stage 'download' didn't change, skipping" in result.output
 
 
 def test_switching_datasets_edits_params_only(project: Path):

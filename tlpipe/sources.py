@@ -1,9 +1,10 @@
 """Where images come from: tensorflow-datasets, scikit-learn's bundled digits, or an image folder.
 
-Sources (`data.dataset`): any tensorflow-datasets name with (image, label) supervised keys,
-`digits` (scikit-learn's bundled 8x8 digits: the offline dataset), or a folder holding one
-sub-folder of images per class. Each is written to data/raw/ as uint8 images and int labels while
-it is read, so memory does not grow with the dataset (digits, 1,797 small images, in one go).
+Sources (`data.dataset`): any tensorflow-datasets name with (image, label) supervised keys, pinned
+to its version (cifar10:3.0.2), `digits` (scikit-learn's bundled 8x8 digits: the offline dataset),
+or `folder`: `data.folder`, holding one sub-folder of images per class. Each is written to
+data/raw/ as uint8 images and int labels while it is read, so memory does not grow with the
+dataset (digits, 1,797 small images, in one go); source.json says what was read.
 """
 
 from __future__ import annotations
