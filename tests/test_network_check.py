@@ -1,8 +1,8 @@
 """The download preflight reaches a host the way tensorflow-datasets' downloader (requests) will:
 through the proxy HTTPS_PROXY / HTTP_PROXY name, unless NO_PROXY exempts the host.
 
-A small HTTP CONNECT proxy on 127.0.0.1 records what it is asked for and answers 200 (tunnel
-opened) or 502 (the proxy cannot reach the host). No internet is needed.
+A small HTTP proxy on 127.0.0.1 records what it is asked for and answers 200 (tunnel opened),
+404, or 502 (the proxy cannot reach the host). No internet is needed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import socketserver
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
 
 import pytest
 
@@ -24,8 +25,8 @@ PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
 
 @contextmanager
 def connect_proxy(status: int) -> Iterator[tuple[str, list[str]]]:
-    """A proxy on 127.0.0.1 answering every CONNECT with `status`; yields its URL and the
-    CONNECT targets it was asked for."""
+    """A proxy on 127.0.0.1 answering every request (CONNECT, HEAD) with `status`; yields its URL
+    and the requests it was asked, as "METHOD target"."""
     asked: list[str] = []
 
     class Handler(socketserver.StreamRequestHandler):
@@ -34,7 +35,7 @@ def connect_proxy(status: int) -> Iterator[tuple[str, list[str]]]:
             while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                 pass  # headers
             asked.append(f"{method} {target}")
-            reason = "Connection established" if status == 200 else "Bad Gateway"
+            reason = HTTPStatus(status).phrase
             self.wfile.write(f"HTTP/1.1 {status} {reason}\r\n\r\n".encode())
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
@@ -74,6 +75,17 @@ def test_a_proxy_that_cannot_reach_the_host_is_named(proxy_env):
         reason = unreachable_host([ARCHIVE])
     assert asked == ["CONNECT www.cs.toronto.edu:443"]
     assert reason == f"www.cs.toronto.edu through the proxy {proxy.replace('//', '//user:***@')}"
+
+
+@pytest.mark.parametrize(("status", "reachable"), [(200, True), (404, True), (502, False)])
+def test_http_urls_are_requested_through_the_http_proxy(proxy_env, status, reachable):
+    """requests sends an http URL to the proxy as it is (no tunnel); only a gateway error says
+    the proxy could not reach the host."""
+    with connect_proxy(status) as (proxy, asked):
+        proxy_env(HTTP_PROXY=proxy, HTTPS_PROXY="http://127.0.0.1:9")  # the https one is unused
+        reason = unreachable_host(["http://data.example.invalid/archive.tar.gz"])
+    assert asked == ["HEAD http://data.example.invalid/archive.tar.gz"]
+    assert reason == (None if reachable else f"data.example.invalid through the proxy {proxy}")
 
 
 def test_no_proxy_hosts_are_reached_directly(proxy_env):

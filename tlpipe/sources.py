@@ -123,8 +123,7 @@ def unreachable_host(urls: list[str], timeout: float = 3.0) -> str | None:
 
     Reached the way tensorflow-datasets' downloader (requests) will: through the proxy that
     HTTPS_PROXY / HTTP_PROXY / ALL_PROXY name for the URL unless NO_PROXY exempts its host, else
-    directly. Through a proxy, the host counts as reachable when the proxy opens a tunnel to it
-    (CONNECT host:port answered 200).
+    directly.
     """
     from requests.utils import get_environ_proxies, select_proxy
 
@@ -134,7 +133,7 @@ def unreachable_host(urls: list[str], timeout: float = 3.0) -> str | None:
         proxy = select_proxy(url, get_environ_proxies(url))  # as requests picks it
         try:
             if proxy:
-                _open_tunnel(proxy, parsed.hostname, port, timeout=timeout)
+                _ask_proxy(proxy, url, timeout=timeout)
             else:
                 socket.create_connection((parsed.hostname, port), timeout=timeout).close()
         except OSError:
@@ -143,17 +142,34 @@ def unreachable_host(urls: list[str], timeout: float = 3.0) -> str | None:
     return None
 
 
-def _open_tunnel(proxy: str, host: str, port: int, *, timeout: float) -> None:
-    """Ask the HTTP proxy at `proxy` for a tunnel to host:port; OSError unless it answers 200."""
-    parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+def _ask_proxy(proxy: str, url: str, *, timeout: float) -> None:
+    """Raise OSError unless the HTTP(S) proxy `proxy` reaches `url`'s host, asked as requests
+    asks it: for an https URL, a tunnel (CONNECT host:port answered 200); for an http URL, the
+    request itself (HEAD url; a 502/503/504 gateway error means the proxy could not reach it).
+
+    A SOCKS proxy is not checked (requests needs PySocks for it): tensorflow-datasets then tries.
+    """
+    target = urlparse(url)
+    via = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    if via.scheme not in ("http", "https"):
+        return
     headers = {}
-    if parsed.username:
-        credentials = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}"
+    if via.username:
+        credentials = f"{unquote(via.username)}:{unquote(via.password or '')}"
         headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
-    connection = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=timeout)
-    connection.set_tunnel(host, port, headers=headers)
+    kind = http.client.HTTPSConnection if via.scheme == "https" else http.client.HTTPConnection
+    connection = kind(
+        via.hostname, via.port or (443 if via.scheme == "https" else 80), timeout=timeout
+    )
     try:
-        connection.connect()  # sends CONNECT; raises OSError("Tunnel connection failed: ...")
+        if target.scheme == "https":
+            connection.set_tunnel(target.hostname, target.port or 443, headers=headers)
+            connection.connect()  # sends CONNECT; OSError("Tunnel connection failed: ...")
+        else:
+            connection.request("HEAD", url, headers=headers)
+            status = connection.getresponse().status
+            if status in (502, 503, 504):
+                raise OSError(f"the proxy answered {status}")
     finally:
         connection.close()
 
