@@ -461,7 +461,7 @@ def write_params(root: Path, changes: dict[str, object]) -> Path:
 def scale_project(root: Path, **changes: object) -> Path:
     """An empty project folder: params.yaml for 150 px, random weights, one epoch, `changes`."""
     scale = {
-        "data.dataset": "photos",
+        "data.dataset": "digits",  # read by download only, which sets its own
         "backbone.weights": "none",
         "prepare.image_size": SCALE_SIZE,
         "train.epochs": 1,
@@ -581,15 +581,17 @@ def measure_stage_rss(mode: str, workdir: Path) -> dict[str, dict[str, float]]:
         def split(count: int) -> dict[str, int]:
             return {"train": count - 2 * (count // 5), "val": count // 5, "test": count // 5}
 
-        project = scale_project(base / "download")
+        project = scale_project(
+            base / "download", **{"data.dataset": "folder", "data.folder": "photos"}
+        )
         write_photos(project / "photos", n=n["download"], size=SCALE_SIZE, seed=scale)
         rss["download"] = stage_peak_rss(project, "stages.download")
-        project = scale_project(base / "prepare", **{"data.dataset": "photos"})
+        project = scale_project(base / "prepare")
         shutil.copytree(base / "download" / paths.RAW_DIR, project / paths.RAW_DIR)
         rss["prepare"] = stage_peak_rss(project, "stages.prepare")
 
         project = scale_project(
-            base / "tfds", **{"data.dataset": "cifar10", "data.image_size": SCALE_SIZE}
+            base / "tfds", **{"data.dataset": "cifar10:3.0.2", "data.image_size": SCALE_SIZE}
         )
         place_tfds_archive(project)
         rss["download_tfds"] = stage_peak_rss(
@@ -740,7 +742,7 @@ def pipeline_at_scale(workdir: Path, images: int, size: int) -> dict[str, object
             (workdir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, workdir / name)
     changes = {
-        "data.dataset": "cifar10",
+        "data.dataset": "cifar10:3.0.2",
         "backbone.weights": "none",
         "prepare.image_size": size,
         "prepare.test_fraction": 1 / 6,

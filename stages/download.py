@@ -1,8 +1,9 @@
 """Stage `download`: the dataset `data.dataset` names, as uint8 arrays in data/raw/.
 
-A tensorflow-datasets name, `digits` (scikit-learn's bundled digits, offline), or an image folder,
-written to disk as it is read; `data.limit` keeps a seeded, class-stratified sample of the
-training images.
+A tensorflow-datasets name pinned to its version, `digits` (scikit-learn's bundled digits,
+offline), or `folder` (the image folder data.folder, a dvc.yaml dependency by content), written to
+disk as it is read, with what was read (name, exact version) in data/raw/source.json;
+`data.limit` keeps a seeded, class-stratified sample of the training images.
 """
 
 from tlpipe.params import load_params

@@ -39,6 +39,9 @@ WORKERS = max(2, min(4, os.cpu_count() or 2))  # rows run concurrently, each in 
 # --- building inputs -----------------------------------------------------------------------------
 
 
+PHOTOS = {"data.dataset": "folder", "data.folder": "./photos"}
+
+
 def write_params(root: Path, changes: dict[str, object] | None = None) -> None:
     """The project's params.yaml on the offline config, with `changes` ({"train.epochs": 3})
     applied."""
@@ -195,12 +198,12 @@ def folder_case(
     changes: dict[str, object] | None = None,
     check=None,
 ) -> Case:
-    """data.dataset: ./photos, a folder of class folders made by `build`, read by `download`."""
+    """data.folder: ./photos, a folder of class folders made by `build`, read by `download`."""
 
     def setup(root: Path, assets: Assets) -> list[str]:
         (root / "photos").mkdir()
         build(root / "photos")
-        write_params(root, {"data.dataset": "./photos", **(changes or {})})
+        write_params(root, {**PHOTOS, **(changes or {})})
         return stage("download")
 
     return Case(id, setup, expect, ok=ok, check=check)
@@ -313,7 +316,7 @@ def params_is_a_folder(root: Path, assets: Assets) -> list[str]:
 
 def dataset_is_a_file(root: Path, assets: Assets) -> list[str]:
     (root / "photos").write_bytes(b"PK\3\4 a zip of photos, not a folder")
-    write_params(root, {"data.dataset": "./photos"})
+    write_params(root, PHOTOS)
     return stage("download")
 
 
@@ -351,7 +354,7 @@ def garbage_head(root: Path, assets: Assets) -> None:
 def too_few_for_a_stratified_split(root: Path, assets: Assets) -> list[str]:
     save_images(root / "photos/cats", 8, seed=1)
     save_images(root / "photos/dogs", 1, seed=2)
-    write_params(root, {"data.dataset": "./photos"})
+    write_params(root, PHOTOS)
     run(stage("download"), root)
     return stage("prepare")
 
@@ -439,10 +442,7 @@ def downloaded(root: Path, result: subprocess.CompletedProcess) -> None:
     assert "download: digits: 1797 train" in result.stdout
 
 
-NOT_FOLDER = (
-    r"which is not a folder; use a tensorflow-datasets name \(e\.g\. cifar10\), "
-    r"'digits', or a folder"
-)
+NOT_FOLDER = r"which is not a folder; with data\.dataset: folder it must be a folder"
 RERUN = r"; delete it and run `dvc repro` again$"
 CASES = [
     # params.yaml as a file
@@ -584,8 +584,14 @@ CASES = [
     ),
     params_case(
         "dataset-folder-missing",
+        PHOTOS,
+        rf"^error: data\.folder: got './photos', {NOT_FOLDER}",
+    ),
+    params_case(
+        "dataset-a-folder-path",
         {"data.dataset": "./photos"},
-        rf"^error: data\.dataset: got './photos', {NOT_FOLDER}",
+        r"^error: data\.dataset: got './photos', a folder; set data\.dataset: folder and "
+        r"data\.folder: \./photos \(download then depends on the folder's contents",
     ),
     params_case(
         "dataset-empty-string",
@@ -595,7 +601,7 @@ CASES = [
     Case(
         "dataset-is-a-file",
         dataset_is_a_file,
-        (rf"^error: data\.dataset: got './photos', {NOT_FOLDER}",),
+        (rf"^error: data\.folder: got './photos', {NOT_FOLDER}",),
     ),
     # numbers as strings (what `dvc exp run -S lr=1e-05` writes) are accepted
     params_case(
@@ -646,26 +652,26 @@ CASES = [
     folder_case(
         "empty-folder",
         lambda photos: None,
-        r"^error: data\.dataset: photos has 0 class folder\(s\) with readable images; "
+        r"^error: data\.folder: photos has 0 class folder\(s\) with readable images; "
         r"expected at least 2 sub-folders of JPEG/PNG images, one per class$",
     ),
     folder_case(
         "classes-nested-too-deep",
         nested_one_level_too_deep,
-        r"^error: data\.dataset: photos has 0 class folder\(s\) with readable images; "
+        r"^error: data\.folder: photos has 0 class folder\(s\) with readable images; "
         r"expected at least 2 ",
     ),
     folder_case(
         "one-class",
         one_class_only,
-        r"^error: data\.dataset: photos has 1 class folder\(s\) with readable images; "
+        r"^error: data\.folder: photos has 1 class folder\(s\) with readable images; "
         r"expected at least 2 ",
     ),
     folder_case(
         "one-class-all-unreadable",
         one_class_all_unreadable,
         r"^warning: skipped 3 unreadable image file\(s\)",
-        r"^error: data\.dataset: photos has 1 class folder\(s\) with readable images",
+        r"^error: data\.folder: photos has 1 class folder\(s\) with readable images",
     ),
     Case(
         "too-few-for-stratified-split",

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlpipe.paths import raw_images, raw_labels
+from tests.helpers import params_with
+from tlpipe.params import parse_params
+from tlpipe.paths import raw_images, raw_labels, source_file
 from tlpipe.runtime import UserError
 from tlpipe.sources import (
     RawDataset,
     limit_training,
     load_digits,
+    write_dataset,
     write_folder,
     write_raw,
     write_tfds,
@@ -108,14 +111,15 @@ def test_tfds_source_through_mock_data_with_a_manually_placed_archive(
     # tfds verifies the checksum when it prepares
     (manual / "cifar-10-binary.tar.gz").write_bytes(b"")
     with tfds.testing.mock_data(num_examples=12):
-        class_names = write_tfds("cifar10", None, tmp_path / "raw")
-        write_tfds("cifar10", 48, tmp_path / "resized")
+        class_names, version = write_tfds("cifar10:3.0.2", None, tmp_path / "raw")
+        write_tfds("cifar10:3.0.2", 48, tmp_path / "resized")
     images, labels = raw(tmp_path / "raw")
     assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8
     assert raw(tmp_path / "resized")[0].shape == (12, 48, 48, 3)
     # mock_data does not know a dataset's splits in advance, so only `train` is read here.
     assert not raw_images("test", tmp_path / "raw").exists()
     assert len(class_names) == 10  # the mock carries no label names, only their number
+    assert version == "3.0.2"
     assert labels.dtype == np.int64 and labels.max() < 10
 
 
@@ -154,3 +158,40 @@ def test_write_raw_round_trip(tmp_path):
     assert load_json(tmp_path / "classes.json") == ["a", "b"]
     assert np.array_equal(load_array(tmp_path / "test_labels.npy"), [1, 0])
     assert load_array(tmp_path / "train_images.npy").shape == (4, 8, 8, 1)
+
+
+def test_tfds_names_carry_their_version(tmp_path, monkeypatch):
+    """A version tfds does not have (after an upgrade, say) stops download with the versions it
+    has; a name without one is refused with the version to pin."""
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(UserError) as error:
+        write_tfds("cifar10:9.9.9", None, tmp_path / "raw")
+    assert str(error.value) == (
+        "data.dataset: got 'cifar10:9.9.9'; the installed tensorflow-datasets 4.9.10 says: "
+        "Dataset cifar10 cannot be loaded at version 9.9.9, only: 3.0.2."
+    )
+    with pytest.raises(UserError) as error:
+        write_tfds("cifar10", None, tmp_path / "raw")
+    assert str(error.value).startswith(
+        "data.dataset: got 'cifar10' without a version; pin it (the installed "
+        "tensorflow-datasets 4.9.10 prepares cifar10:3.0.2)"
+    )
+    assert not (tmp_path / "raw").exists()
+
+
+def test_the_dataset_and_its_exact_version_are_recorded(tmp_path, monkeypatch, no_network):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    (tmp_path / "downloads" / "manual").mkdir(parents=True)
+    (tmp_path / "downloads" / "manual" / "cifar-10-binary.tar.gz").write_bytes(b"")
+    params = parse_params(params_with("data.dataset", "cifar10:3.0.2")).data
+    with tfds.testing.mock_data(num_examples=4):
+        write_dataset(params, tmp_path / "raw")
+    assert load_json(source_file(tmp_path / "raw")) == {
+        "dataset": "cifar10",
+        "version": "3.0.2",
+        "tensorflow-datasets": "4.9.10",
+    }
+    write_dataset(parse_params(params_with("data.dataset", "digits")).data, tmp_path / "digits")
+    assert load_json(source_file(tmp_path / "digits"))["dataset"] == "digits"

@@ -24,6 +24,7 @@ from tests.helpers import (
     OFFLINE,
     REPO,
     SHIPPED_PARAMS,
+    SHIPPED_PARAMS_DICT,
     TINY,
     copy_project,
     run,
@@ -39,7 +40,9 @@ SEEDED = frozenset({"download", "prepare", "features", "train", "finetune"})
 READERS: dict[str, tuple[object, frozenset[str]]] = {
     "seed": (7, SEEDED),  # evaluate is not seeded: it only predicts
     "lr": (3e-5, frozenset({"finetune"})),
-    "data.dataset": ("mnist", frozenset({"download"})),
+    "data.dataset": ("mnist:3.0.1", frozenset({"download"})),
+    # the dvc.yaml dep ${data.folder}: another path, another dependency
+    "data.folder": ("params.schema.json", frozenset({"download"})),
     "data.limit": (500, frozenset({"download"})),
     "data.image_size": (64, frozenset({"download"})),
     "prepare.image_size": (48, frozenset({"prepare"})),
@@ -218,7 +221,12 @@ def test_data_paths_in_dvc_yaml_are_those_of_tlpipe_paths():
             path = next(iter(entry)) if isinstance(entry, dict) else entry
             if not path.startswith(CODE):
                 named.add(path)
-    assert named - defined == set()
+    # The one templated path: the image folder, whose placeholder is a tlpipe.paths path.
+    assert "${data.folder}" in dvc["stages"]["download"]["deps"]
+    assert "data" in dvc["stages"]["download"]["params"]
+    assert SHIPPED_PARAMS_DICT["data"]["folder"] == str(paths.NO_FOLDER)
+    assert (REPO / paths.NO_FOLDER).is_file()
+    assert named - defined == {"${data.folder}"}
 
 
 def test_alternative_values_are_valid():

@@ -15,7 +15,7 @@ from tlpipe.params import SCHEMA_FILE, ParamsError, load_params, parse_params, w
 def test_defaults_are_the_real_product(tmp_path):
     (tmp_path / "params.yaml").write_text(SHIPPED_PARAMS)
     params = load_params(tmp_path / "params.yaml")
-    assert params.data.dataset == "cifar10"
+    assert params.data.dataset == "cifar10:3.0.2"
     assert params.backbone.weights == "imagenet"
     assert params.finetune.unfreeze_from == "block5_conv1"
     assert params.lr == pytest.approx(1e-5) and isinstance(params.lr, float)
@@ -53,7 +53,8 @@ def test_lr_written_by_dvc_exp_run_is_read_as_a_float(tmp_path):
         (
             "data.dataset",
             "./no/such/folder",
-            "data.dataset: got './no/such/folder', which is not a folder",
+            "data.dataset: got './no/such/folder', a folder; set data.dataset: folder and "
+            "data.folder: ./no/such/folder",
         ),
         ("data.dataset", "", "data.dataset: got ''; expected a non-empty string"),
         ("seed", -3, "seed: got -3; expected an integer >= 0"),

@@ -16,7 +16,15 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 from tlpipe.backbone import BACKBONES
@@ -92,7 +100,8 @@ class Section(BaseModel):
 
 
 class DataParams(Section):
-    dataset: Text  # a tensorflow-datasets name, "digits", or a folder with one sub-folder per class
+    dataset: Text  # a tensorflow-datasets name (pinned: name:x.y.z), "digits", or "folder"
+    folder: Text  # the image folder read when dataset is "folder"; a dvc.yaml dep of download
     limit: Limit | None  # cap on training images; None keeps all
     image_size: ImageSize | None  # for images that differ in size; None keeps the native size
 
@@ -101,28 +110,36 @@ class DataParams(Section):
         return self.dataset == "digits"
 
     @property
-    def folder(self) -> Path | None:
-        """The image folder when `dataset` names one, else None (a tfds name or digits)."""
-        return _named_folder(self.dataset)
+    def image_folder(self) -> Path | None:
+        """The image folder when `dataset` is "folder", else None (a tfds name or digits)."""
+        return Path(self.folder) if self.dataset == "folder" else None
 
     @field_validator("dataset")
     @classmethod
-    def _folder_exists(cls, dataset: str) -> str:
-        folder = _named_folder(dataset)
-        if folder is not None and not folder.is_dir():
+    def _not_a_path(cls, dataset: str) -> str:
+        if dataset not in ("digits", "folder") and _looks_like_folder(dataset):
             raise ValueError(
-                ", which is not a folder; use a tensorflow-datasets name (e.g. cifar10), "
-                "'digits', or a folder with one sub-folder of images per class"
+                f", a folder; set data.dataset: folder and data.folder: {dataset} (download then "
+                "depends on the folder's contents, not only its name)"
             )
         return dataset
 
+    @field_validator("folder")
+    @classmethod
+    def _folder_exists(cls, folder: str, info: ValidationInfo) -> str:
+        # Other datasets: data.folder is only a dvc.yaml dep (paths.NO_FOLDER), which DVC checks.
+        if info.data.get("dataset") == "folder" and not Path(folder).is_dir():
+            raise ValueError(
+                ", which is not a folder; with data.dataset: folder it must be a folder with one "
+                "sub-folder of images per class"
+            )
+        return folder
 
-def _named_folder(dataset: str) -> Path | None:
-    """`dataset` as a folder path if it is one or is written like one (./x, a/b), else None."""
-    if dataset == "digits":
-        return None
-    looks_like_path = "/" in dataset or "\\" in dataset or dataset.startswith(".")
-    return Path(dataset) if Path(dataset).is_dir() or looks_like_path else None
+
+def _looks_like_folder(dataset: str) -> bool:
+    """Whether `dataset` is, or is written like, a folder path (./x, a\\b, an existing folder)
+    rather than a tensorflow-datasets name (which may hold one slash: name/config:version)."""
+    return Path(dataset).is_dir() or dataset.startswith(".") or "\\" in dataset
 
 
 class PrepareParams(Section):

@@ -12,8 +12,11 @@ from pathlib import Path
 PARAMS_FILE = Path("params.yaml")
 SPLITS = ("train", "val", "test")
 
-# download: the dataset as uint8 images and integer labels
+# download: the dataset as uint8 images and integer labels, and where they came from
 RAW_DIR = Path("data/raw")
+# data.folder when data.dataset is not `folder`: dvc.yaml lists data.folder as a dependency of
+# download (so an image folder is one by content), and DVC needs every dependency to exist
+NO_FOLDER = Path("data/no_image_folder.txt")
 # prepare: resized, 3-channel, normalised images, one-hot labels, seeded splits
 PREPARED_DIR = Path("data/prepared")
 # features: the conv base's outputs (the head's input) and the freeze-boundary activations
@@ -40,6 +43,11 @@ def raw_images(split: str, folder: Path = RAW_DIR) -> Path:
 
 def raw_labels(split: str, folder: Path = RAW_DIR) -> Path:
     return folder / f"{split}_labels.npy"
+
+
+def source_file(folder: Path = RAW_DIR) -> Path:
+    """Which dataset the raw arrays came from: its name, exact version, the reader's version."""
+    return folder / "source.json"
 
 
 def classes_file(folder: Path) -> Path:

@@ -1,28 +1,31 @@
 """Where images come from: tensorflow-datasets, scikit-learn's bundled digits, or an image folder.
 
-Sources (`data.dataset`): any tensorflow-datasets name with (image, label) supervised keys,
-`digits` (scikit-learn's bundled 8x8 digits: the offline dataset), or a folder holding one
-sub-folder of images per class. Each is written to data/raw/ as uint8 images and int labels while
-it is read, so memory does not grow with the dataset (digits, 1,797 small images, in one go).
+Sources (`data.dataset`): any tensorflow-datasets name with (image, label) supervised keys, pinned
+to its version (cifar10:3.0.2), `digits` (scikit-learn's bundled 8x8 digits: the offline dataset),
+or `folder`: `data.folder`, holding one sub-folder of images per class. Each is written to
+data/raw/ as uint8 images and int labels while it is read, so memory does not grow with the
+dataset (digits, 1,797 small images, in one go); source.json says what was read.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.client
 import os
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 from PIL import Image
 
 from tlpipe.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, read_image
 from tlpipe.params import DataParams
-from tlpipe.paths import RAW_DIR, classes_file, raw_images, raw_labels
+from tlpipe.paths import RAW_DIR, classes_file, raw_images, raw_labels, source_file
 from tlpipe.runtime import OFFLINE_DEMO, UserError
 from tlpipe.storage import (
     load_array,
@@ -102,7 +105,7 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
             )
         if len(class_names) < 2:
             raise UserError(
-                f"data.dataset: {folder} has {len(class_names)} class folder(s) with readable "
+                f"data.folder: {folder} has {len(class_names)} class folder(s) with readable "
                 "images; expected at least 2 sub-folders of JPEG/PNG images, one per class"
             )
     save_array(raw_labels("train", out_dir), np.asarray(labels, dtype=np.int64))
@@ -115,15 +118,65 @@ def tfds_data_dir() -> Path:
 
 
 def unreachable_host(urls: list[str], timeout: float = 3.0) -> str | None:
-    """The first host among `urls` that cannot be reached in `timeout` seconds, else None."""
+    """The first host among `urls` that cannot be reached in `timeout` seconds (and the proxy
+    tried), else None.
+
+    Reached the way tensorflow-datasets' downloader (requests) will: through the proxy that
+    HTTPS_PROXY / HTTP_PROXY / ALL_PROXY name for the URL unless NO_PROXY exempts its host, else
+    directly.
+    """
+    from requests.utils import get_environ_proxies, select_proxy
+
     for url in urls:
         parsed = urlparse(url)
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        proxy = select_proxy(url, get_environ_proxies(url))  # as requests picks it
         try:
-            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+            if proxy:
+                _ask_proxy(proxy, url, timeout=timeout)
+            else:
+                socket.create_connection((parsed.hostname, port), timeout=timeout).close()
         except OSError:
-            return parsed.hostname
+            via = f" through the proxy {_without_password(proxy)}" if proxy else ""
+            return f"{parsed.hostname}{via}"
     return None
+
+
+def _ask_proxy(proxy: str, url: str, *, timeout: float) -> None:
+    """Raise OSError unless the HTTP(S) proxy `proxy` reaches `url`'s host, asked as requests
+    asks it: for an https URL, a tunnel (CONNECT host:port answered 200); for an http URL, the
+    request itself (HEAD url; a 502/503/504 gateway error means the proxy could not reach it).
+
+    A SOCKS proxy is not checked (requests needs PySocks for it): tensorflow-datasets then tries.
+    """
+    target = urlparse(url)
+    via = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    if via.scheme not in ("http", "https"):
+        return
+    headers = {}
+    if via.username:
+        credentials = f"{unquote(via.username)}:{unquote(via.password or '')}"
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+    kind = http.client.HTTPSConnection if via.scheme == "https" else http.client.HTTPConnection
+    connection = kind(
+        via.hostname, via.port or (443 if via.scheme == "https" else 80), timeout=timeout
+    )
+    try:
+        if target.scheme == "https":
+            connection.set_tunnel(target.hostname, target.port or 443, headers=headers)
+            connection.connect()  # sends CONNECT; OSError("Tunnel connection failed: ...")
+        else:
+            connection.request("HEAD", url, headers=headers)
+            status = connection.getresponse().status
+            if status in (502, 503, 504):
+                raise OSError(f"the proxy answered {status}")
+    finally:
+        connection.close()
+
+
+def _without_password(proxy: str) -> str:
+    parsed = urlparse(proxy)
+    return proxy.replace(f":{parsed.password}@", ":***@") if parsed.password else proxy
 
 
 def ensure_tfds_prepared(builder, manual_dir: Path) -> None:
@@ -185,9 +238,14 @@ def _resized(image: np.ndarray, size: int) -> np.ndarray:
     return resized.reshape(size, size, image.shape[-1])
 
 
-def write_tfds(name: str, image_size: int | None, out_dir: Path = RAW_DIR) -> list[str]:
+def write_tfds(name: str, image_size: int | None, out_dir: Path = RAW_DIR) -> tuple[list[str], str]:
     """A tensorflow-datasets dataset's train split (and test split, where it has one) to
-    `out_dir`; returns the class names."""
+    `out_dir`; returns the class names and the dataset's version.
+
+    `name` carries the version (cifar10:3.0.2, as tfds.builder takes it), so that a
+    tensorflow-datasets upgrade that moves a dataset to another version is a params change DVC
+    shows, not a silent swap of the images.
+    """
     import tensorflow_datasets as tfds
 
     data_dir = tfds_data_dir()
@@ -195,9 +253,21 @@ def write_tfds(name: str, image_size: int | None, out_dir: Path = RAW_DIR) -> li
         builder = tfds.builder(name, data_dir=str(data_dir))
     except tfds.core.registered.DatasetNotFoundError:
         raise UserError(
-            f"data.dataset: got {name!r}, which is not a tensorflow-datasets name, 'digits' or an "
-            "existing folder (see https://www.tensorflow.org/datasets/catalog)"
+            f"data.dataset: got {name!r}, which is not a tensorflow-datasets name, 'digits' or "
+            "'folder' (see https://www.tensorflow.org/datasets/catalog)"
         ) from None
+    except AssertionError as error:  # tfds: "... Dataset x cannot be loaded at version v, only: w."
+        reason = str(error).splitlines()[0]
+        raise UserError(
+            f"data.dataset: got {name!r}; the installed tensorflow-datasets {tfds.__version__} "
+            f"says: {reason[reason.find('Dataset ') :]}"
+        ) from None
+    if ":" not in name:
+        raise UserError(
+            f"data.dataset: got {name!r} without a version; pin it (the installed "
+            f"tensorflow-datasets {tfds.__version__} prepares {name}:{builder.version}) so that "
+            "an upgrade shows as a changed parameter"
+        )
     keys = builder.info.supervised_keys
     if not keys or len(keys) != 2:
         raise UserError(
@@ -219,20 +289,31 @@ def write_tfds(name: str, image_size: int | None, out_dir: Path = RAW_DIR) -> li
     else:
         for path in (raw_images("test", out_dir), raw_labels("test", out_dir)):
             path.unlink(missing_ok=True)  # left by an earlier dataset
-    return list(label_feature.names)
+    return list(label_feature.names), str(builder.version)
 
 
 def write_dataset(params: DataParams, out_dir: Path = RAW_DIR) -> list[str]:
     """The dataset `data.dataset` names (digits, an image folder, or a tensorflow-datasets name)
-    to `out_dir`; returns the class names, also written to classes.json."""
+    to `out_dir`; returns the class names, also written to classes.json, and writes what was read
+    (name, exact version) to source.json."""
+    import importlib.metadata
+
     if params.is_digits:
         write_raw(load_digits(), out_dir)
-        return load_json(classes_file(out_dir))
-    if params.folder is not None:
-        class_names = write_folder(params.folder, params.image_size, out_dir)
+        class_names = load_json(classes_file(out_dir))
+        source = {"dataset": "digits", "scikit-learn": importlib.metadata.version("scikit-learn")}
+    elif params.image_folder is not None:
+        class_names = write_folder(params.image_folder, params.image_size, out_dir)
+        source = {"dataset": "folder", "folder": params.folder}
     else:
-        class_names = write_tfds(params.dataset, params.image_size, out_dir)
+        class_names, version = write_tfds(params.dataset, params.image_size, out_dir)
+        source = {
+            "dataset": params.dataset.split(":")[0],
+            "version": version,
+            "tensorflow-datasets": importlib.metadata.version("tensorflow-datasets"),
+        }
     save_json(classes_file(out_dir), class_names)
+    save_json(source_file(out_dir), source)
     return class_names
 
 
