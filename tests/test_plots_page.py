@@ -103,6 +103,7 @@ def reported_plots(output: str) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """The tiny offline pipeline run twice: committed at lr=1e-4, then lr=1e-3 in the workspace."""
+    chromium()  # no browser: fail now, not after minutes of pipeline
     root = copy_project(tmp_path_factory.mktemp("plots"))
     run(["dvc", "exp", "run", *OFFLINE, *TINY, "-S", "lr=1e-4"], root)
     commit_all(root, "first results")
