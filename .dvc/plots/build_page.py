@@ -11,8 +11,9 @@ specs dvc-render 1.0.2 writes (Vega-Lite v5 schema; its CDN tags name vega@5.20.
 vega-lite@5.2.0, vega-embed@6.18.2). Each package comes from the npm registry (`npm pack`), and its
 tarball must match the pinned sha512 integrity (the one in the registry's metadata) before its
 minified build is used. Each script keeps its licence (all three BSD-3-Clause) in a comment beside
-it. To move to new versions: change VENDORED, run `make plots-page` (needs npm and a registry), and
-run tests/test_plots_page.py.
+it. To move to new versions: change VENDORED (the integrity from `npm view <name>@<version>
+dist.integrity`), run `make plots-page` (needs npm and the registry), and run
+tests/test_plots_page.py.
 """
 
 from __future__ import annotations
