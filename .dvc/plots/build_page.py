@@ -3,8 +3,9 @@
 
 DVC's default page loads those three scripts from a CDN, so offline or behind a firewall its
 interactive plots stay blank. This page carries them, so every page DVC writes from it draws
-without a network and can be mailed or archived as one file. DVC fills the `plot_divs` and
-`refresh_tag` placeholders; the page has no `scripts` placeholder, so DVC adds no CDN tags.
+without a network, from its own folder (the page and static/, DVC's copies of the images).
+DVC fills the `plot_divs` and `refresh_tag` placeholders; the page has no `scripts` placeholder,
+so DVC adds no CDN tags.
 
 The versions are pinned below: the newest Vega 5 / Vega-Lite 5 / Vega-Embed 6, the majors of the
 specs dvc-render 1.0.2 writes (Vega-Lite v5 schema; its CDN tags name vega@5.20.2,
