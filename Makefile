@@ -13,7 +13,7 @@ DEMO_PARAMS := -S data.dataset=digits -S backbone.weights=none \
 # More overrides for one call, e.g. make demo DEMO_EXTRA="-S train.epochs=3"
 DEMO_EXTRA ?=
 
-.PHONY: install demo test lint format schema clean
+.PHONY: install demo test lint format schema plots-page clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -41,6 +41,11 @@ format: install
 # params.schema.json, the JSON Schema of params.yaml that editors read, from tlpipe/params.py.
 schema: install
 	$(BIN)/python -c "from tlpipe.params import write_schema; write_schema()"
+
+# .dvc/plots/page.html, the plots page with Vega inlined, from the npm packages pinned in
+# .dvc/plots/build_page.py (needs npm and the registry).
+plots-page:
+	$(PYTHON) .dvc/plots/build_page.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -75,7 +75,6 @@ def main() -> None:
             epochs=params.finetune.epochs,
             patience=params.finetune.patience,
             live_dir=FINETUNE_LIVE_DIR,
-            title="Fine-tuning",
         )
 
     full.compile(loss="categorical_crossentropy", metrics=["accuracy"])

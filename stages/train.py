@@ -36,7 +36,6 @@ def main() -> None:
         epochs=train.epochs,
         patience=train.patience,
         live_dir=TRAIN_LIVE_DIR,
-        title="Dense head",
     )
     save_model(head, HEAD_FILE)
 

@@ -160,18 +160,14 @@ def test_plots_render_curves_and_confusion_matrix(sweep, tmp_path):
     (confusion,) = plots["Test confusion matrix"]
     assert confusion["revisions"] == revs
     assert {"actual", "predicted", "rev"} <= set(confusion["content"]["data"]["values"][0])
-    for picture in (
-        "metrics/train/curves.png",
-        "metrics/finetune/curves.png",
-        "metrics/report/confusion.png",
-    ):
-        assert sorted(image["revisions"][0] for image in plots[picture]) == sorted(revs)
-        assert all(image["type"] == "image" for image in plots[picture])
+    # each shown once: the curves and the matrix as Vega only; the one picture is the samples grid
+    samples = "metrics/report/samples.png"
+    assert set(plots) == {*curves, "Test confusion matrix", samples}
+    assert sorted(image["revisions"][0] for image in plots[samples]) == sorted(revs)
+    assert all(image["type"] == "image" for image in plots[samples])
 
     run(["dvc", "plots", "diff", *revs, "-o", str(tmp_path / "html")], project)
     html = (tmp_path / "html" / "index.html").read_text()
     for title in [*curves, "Test confusion matrix"]:
         assert title in html
-    assert re.search(r"metrics_train_curves\.png", html) and re.search(
-        r"metrics_report_confusion\.png", html
-    )
+    assert re.search(r"metrics_report_samples\.png", html)

@@ -83,7 +83,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/precision.py": (None, frozenset({"features", "finetune"})),
     "tlpipe/streaming.py": (None, frozenset({"train", "finetune", "evaluate"})),
     "tlpipe/training.py": (None, frozenset({"train", "finetune"})),
-    "tlpipe/report.py": (None, frozenset({"train", "finetune", "evaluate"})),  # via training.py
+    "tlpipe/report.py": (None, frozenset({"evaluate"})),
     # params.py reads the backbone table, so every stage imports these six (normalization.py: the
     # models' first layer, built by backbone.py and registered before storage.py loads a model).
     "tlpipe/normalization.py": (None, STAGES),

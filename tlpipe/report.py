@@ -1,5 +1,6 @@
-"""What people look at: test scores, training curves, the confusion matrix, per-class tables and
-sample predictions."""
+"""What people look at: test scores, the confusion matrix's rows, per-class tables and sample
+predictions. (The training curves and the confusion matrix are drawn by `dvc plots show` from the
+.tsv/.csv files, not here.)"""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import (
-    ConfusionMatrixDisplay,
     accuracy_score,
     classification_report,
-    confusion_matrix,
     log_loss,
     precision_recall_fscore_support,
 )
@@ -50,19 +49,21 @@ def write_report(
     test_images: Callable[[np.ndarray], np.ndarray],
     out_dir: Path,
 ) -> None:
-    """Per-class scores (JSON and Markdown), confusion.csv for DVC's confusion template,
-    confusion.png, and samples.png; `test_images(rows)` gives the pictures of test rows."""
+    """Per-class scores (JSON and Markdown), confusion.csv for DVC's confusion template, and
+    samples.png; `test_images(rows)` gives the pictures of test rows."""
     predicted = probabilities.argmax(axis=1)
-    labels = np.arange(len(class_names))
     report = classification_report(
-        truth, predicted, labels=labels, target_names=class_names, output_dict=True, zero_division=0
+        truth,
+        predicted,
+        labels=np.arange(len(class_names)),
+        target_names=class_names,
+        output_dict=True,
+        zero_division=0,
     )
     save_json(out_dir / "per_class.json", {name: report[name] for name in class_names})
     with atomic_path(out_dir / "per_class.md") as temporary:
         temporary.write_text(per_class_markdown(report, class_names))
     write_confusion_rows(out_dir / "confusion.csv", truth, predicted, class_names=class_names)
-    matrix = confusion_matrix(truth, predicted, labels=labels)
-    plot_confusion(matrix, class_names, out_dir / "confusion.png")
     rows = sample_order(truth, predicted, SAMPLES)
     plot_samples(
         test_images(rows),
@@ -92,33 +93,6 @@ def _save(figure: plt.Figure, path: Path) -> None:
             temporary, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None}
         )
     plt.close(figure)
-
-
-def plot_curves(history: dict[str, list[float]], title: str, path: Path) -> None:
-    """Loss and accuracy per epoch, train and validation side by side (Keras History.history)."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        axis.plot(epochs, history[metric], "o-", label="train")
-        axis.plot(epochs, history[f"val_{metric}"], "s-", label="validation")
-        best = int(np.argmin(history["val_loss"]))
-        axis.axvline(
-            best + 1, color="grey", linestyle=":", label=f"best val loss (epoch {best + 1})"
-        )
-        axis.set(xlabel="epoch", ylabel=metric, title=f"{title}: {metric}")
-        axis.grid(alpha=0.3)
-        axis.legend()
-    _save(figure, path)
-
-
-def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
-    """Counts of true (rows) vs predicted (columns) classes, with class names on both axes."""
-    size = max(4.0, 0.5 * len(class_names) + 2)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
-    display = ConfusionMatrixDisplay(matrix, display_labels=class_names)
-    display.plot(ax=axis, cmap="Blues", xticks_rotation=45, colorbar=True)
-    axis.set_title(f"Confusion matrix ({int(matrix.sum())} test images)")
-    _save(figure, path)
 
 
 def sample_order(truth: np.ndarray, predicted: np.ndarray, count: int) -> np.ndarray:

@@ -12,7 +12,6 @@ from dvclive.keras import DVCLiveCallback
 from dvclive.utils import standardize_metric_name
 
 from tlpipe.backbone import split_at
-from tlpipe.report import plot_curves
 
 
 def build_head(
@@ -82,7 +81,6 @@ def fit_logged(
     epochs: int,
     patience: int,
     live_dir: Path,
-    title: str,
 ) -> keras.callbacks.History:
     """Fit on batches of (inputs, one-hot labels) with early stopping on val_loss (best weights
     restored); log every epoch to `live_dir`. `train` sets the order of each epoch (see
@@ -90,8 +88,8 @@ def fit_logged(
 
     DVCLive writes metrics.json and per-epoch .tsv curves; dvc.yaml declares them, so DVCLive is
     told not to edit dvc.yaml itself nor to create experiments of its own. metrics.json then holds
-    the best epoch's values, those of the weights kept, not the last epoch's. The same curves are
-    drawn to `live_dir`/curves.png.
+    the best epoch's values, those of the weights kept, not the last epoch's. `dvc plots show`
+    draws the curves from the .tsv files.
     """
     live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
     stop = keras.callbacks.EarlyStopping(
@@ -106,7 +104,6 @@ def fit_logged(
         verbose=2,
     )
     summarise_best_epoch(live, history.history, stop.best_epoch)
-    plot_curves(history.history, title, Path(live_dir) / "curves.png")
     return history
 
 
