@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-# The decoders tried, whatever the suffix says (cameras' JPEGs open as MPO); Pillow's other
-# formats are never tried on files from elsewhere.
-IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP")
+# The decoders tried, whatever the suffix says (Pillow's JPEG one also opens cameras' MPO
+# files); Pillow's other formats are never tried on files from elsewhere.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
 # Larger images are refused before decoding: a few bytes can declare 100000 x 100000 pixels
 # (a decompression bomb). 8192 x 8192 RGB decodes to 200 MB.
 MAX_IMAGE_PIXELS = 8192 * 8192

@@ -306,6 +306,8 @@ def _npy_problem(path: Path, error: Exception) -> str:
         return "not a .npy file"
     if "Object arrays" in str(error) or "Python objects" in str(error):
         return "it holds pickled Python objects, which are never loaded: they could run code"
+    if "Cannot parse header" in str(error):  # numpy's message quotes the whole header
+        return "its header cannot be parsed"
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
@@ -419,10 +421,6 @@ def load_model(path: Path) -> Any:
     that would be extracted elsewhere), each within its size limit (no zip bombs), and a config
     nested no deeper than MAX_JSON_DEPTH.
     """
-    import keras
-
-    import tlpipe.normalization  # noqa: F401  registers the layer every pipeline model starts with
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} is missing: run `dvc repro` to create it")
@@ -432,7 +430,11 @@ def load_model(path: Path) -> Any:
             f"{path} is not a usable Keras model (not a .keras zip archive: empty, truncated or "
             f"overwritten); {RERUN_HINT}"
         )
-    _check_keras_archive(path)
+    _check_keras_archive(path)  # before TensorFlow loads: a refusal takes a second, not ten
+    import keras
+
+    import tlpipe.normalization  # noqa: F401  registers the layer every pipeline model starts with
+
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except RecursionError:
