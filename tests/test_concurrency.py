@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -137,6 +138,17 @@ def queued_metrics(project: Path) -> dict[str, dict]:
     return found
 
 
+def wait_for_queue(project: Path, until: Callable[[str], bool], timeout: float = 1800) -> str:
+    """`dvc queue status` once `until(status)` holds or nothing is queued or running any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run(["dvc", "queue", "status"], project).output
+        if until(status) or not any(state in status for state in ("Queued", "Running")):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+
+
 @pytest.mark.slow
 def test_two_queue_workers_give_the_same_metrics_as_one(tmp_path: Path):
     queued = tiny_project(tmp_path / "queued")
@@ -145,19 +157,15 @@ def test_two_queue_workers_give_the_same_metrics_as_one(tmp_path: Path):
     assert submitted.output.count("Queued experiment") == 2, submitted.output
     try:
         started = run(["dvc", "queue", "start", "-j", "2"], queued)
-        assert "2" in started.output, started.output
+        assert "Started '2' new experiments task queue workers" in started.output, started.output
+        status = wait_for_queue(queued, until=lambda status: status.count("Running") == 2)
+        assert status.count("Running") == 2, f"the two never ran at the same time:\n{status}"
         # Meanwhile, one experiment at a time in the other copy.
         reference = {}
         for lr in LRS:
             run(["dvc", "exp", "run", "-S", f"lr={lr}"], alone)
             reference[f"{float(lr):g}"] = json.loads((alone / "metrics/evaluate.json").read_text())
-        deadline = time.monotonic() + 1800
-        while True:
-            status = run(["dvc", "queue", "status"], queued).output
-            if not any(state in status for state in ("Queued", "Running")):
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(5)
+        status = wait_for_queue(queued, until=lambda status: False)
     finally:
         run(["dvc", "queue", "stop"], queued, check=False)
     assert status.count("Success") == 2, status
