@@ -55,10 +55,10 @@ def _writer_is_gone(temporary: Path) -> bool:
     if match is None:
         return True
     try:
-        os.kill(int(match.group(1)), 0)
-    except ProcessLookupError:
+        os.kill(int(match.group(1)), 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large
         return True
-    except (PermissionError, OverflowError):  # alive but someone else's; not a real pid
+    except PermissionError:  # running, as another user
         return False
     return False
 
@@ -339,14 +339,14 @@ def load_json(path: Path) -> Any:
                 f"{path} is {_bytes(size)}; the limit for the JSON files the pipeline reads is "
                 f"{_bytes(MAX_JSON_BYTES)} (MAX_JSON_BYTES); {RERUN_HINT}"
             )
-        return parse_json(path.read_text(), path, max_depth=MAX_JSON_DEPTH)
+        return _parse_json(path.read_text(), path, max_depth=MAX_JSON_DEPTH)
     except FileNotFoundError:
         raise UserError(f"{path} is missing: run `dvc repro` to create it") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path} is not valid JSON ({error}); {RERUN_HINT}") from None
 
 
-def parse_json(
+def _parse_json(
     text: str | bytes, path: Path, *, max_depth: int, limit_name: str = "MAX_JSON_DEPTH"
 ) -> Any:
     """json.loads, refusing documents nested deeper than `max_depth` (Python's parser recurses,
@@ -419,7 +419,7 @@ def load_model(path: Path) -> Any:
 
     The archive is inspected first: it must hold only the members a Keras model has (no paths
     that would be extracted elsewhere), each within its size limit (no zip bombs), and a config
-    nested no deeper than MAX_JSON_DEPTH.
+    nested no deeper than MAX_MODEL_DEPTH.
     """
     path = Path(path)
     if not path.is_file():
@@ -492,7 +492,7 @@ def _check_keras_archive(path: Path) -> None:
                         f"(MAX_ZIP_RATIO)); {RERUN_HINT}"
                     )
             if "config.json" in archive.namelist():
-                parse_json(
+                _parse_json(
                     archive.read("config.json"),
                     path / "config.json",
                     max_depth=MAX_MODEL_DEPTH,
