@@ -17,6 +17,7 @@ import os
 import re
 import struct
 import subprocess
+import tarfile
 import threading
 import time
 import zipfile
@@ -711,6 +712,19 @@ def config_nested_deep(path: Path, members: dict[str, bytes]) -> None:
     keras_archive(path, members)
 
 
+def tfds_archive_not_official(root: Path, assets: Assets) -> list[str]:
+    """A cifar-10-binary.tar.gz placed for tensorflow-datasets, holding a member with ../ ."""
+    manual = root / "tfds/downloads/manual"
+    manual.mkdir(parents=True)
+    with tarfile.open(manual / "cifar-10-binary.tar.gz", "w:gz") as archive:
+        member = tarfile.TarInfo("../../../../escaped.txt")
+        member.size = 7
+        archive.addfile(member, io.BytesIO(b"escaped"))
+    write_params(root, {"data.dataset": "cifar10"})
+    write_prepared(root)
+    return ["env", f"TFDS_DATA_DIR={root / 'tfds'}", *stage("download")]
+
+
 def predict_a_bomb_among_good(bomb: Callable[[Path], None]) -> Setup:
     def setup(root: Path, assets: Assets) -> list[str]:
         assets.install_model(root)
@@ -745,7 +759,8 @@ def classified_once_each(root: Path, result: subprocess.CompletedProcess) -> Non
 
 
 def nothing_escaped(root: Path, result: subprocess.CompletedProcess) -> None:
-    assert not list(root.parent.glob("escaped*")), "a model archive wrote outside the project"
+    escaped = [*root.glob("escaped*"), *root.parent.glob("escaped*")]
+    assert not escaped, "an archive member was written outside where it belongs"
 
 
 IMAGE_LIMIT = r"the limit is 67108864 \(MAX_IMAGE_PIXELS, 8192x8192\)"
@@ -855,6 +870,17 @@ UNTRUSTED = [
         "params-of-2-GB",
         params_huge,
         r"^error: params\.yaml is 2147483648 bytes; the limit is 1048576 \(MAX_PARAMS_BYTES\)$",
+    ),
+    Case(
+        "tfds-archive-not-official",
+        tfds_archive_not_official,
+        (
+            r"^error: /\S+/tfds/downloads/manual/cifar-10-binary\.tar\.gz is \d+ bytes; "
+            r"tensorflow-datasets records 170052171 for cifar10's cifar-10-binary\.tar\.gz, so it "
+            r"is not the official file and was not unpacked: replace it with the official file$",
+        ),
+        check=nothing_escaped,
+        bounded=True,
     ),
     tlpipe_untrusted_case(
         "keras-config-zip-bomb",
