@@ -184,7 +184,6 @@ def ensure_tfds_prepared(builder, manual_dir: Path) -> None:
             f"could not reach {host} to download {builder.name} (no network?). Put {files} in "
             f"{manual_dir}/ (checksum-verified), or run the offline demo: {OFFLINE_DEMO}"
         )
-    _check_placed_archives(builder, manual_dir)
     from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
     try:
@@ -196,19 +195,6 @@ def ensure_tfds_prepared(builder, manual_dir: Path) -> None:
             f"an archive in {manual_dir}/ does not match the checksum tensorflow-datasets "
             f"records for {builder.name}; it was not unpacked: replace it with the official file"
         ) from None
-
-
-def _check_placed_archives(builder: Any, manual_dir: Path) -> None:
-    """Refuse an archive placed in `manual_dir` whose size is not the one tensorflow-datasets
-    records for it, before tfds reads it (it then verifies the checksum of the right-sized)."""
-    for info in (builder.url_infos or {}).values():
-        placed = manual_dir / info.filename
-        if placed.is_file() and info.size and placed.stat().st_size != int(info.size):
-            raise UserError(
-                f"{placed} is {placed.stat().st_size} bytes; tensorflow-datasets records "
-                f"{int(info.size)} for {builder.name}'s {info.filename}, so it is not the "
-                "official file and was not unpacked: replace it with the official file"
-            )
 
 
 def write_tfds_split(
