@@ -20,7 +20,16 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers import OFFLINE, REPO, TINY, commit_all, copy_project, run, set_param
+from tests.helpers import (
+    OFFLINE,
+    REPO,
+    TINY,
+    command_env,
+    commit_all,
+    copy_project,
+    run,
+    set_param,
+)
 from tlpipe.storage import atomic_path, load_model, save_model
 
 
@@ -156,8 +165,19 @@ def test_two_queue_workers_give_the_same_metrics_as_one(tmp_path: Path):
     submitted = run(["dvc", "exp", "run", "--queue", "-S", f"lr={','.join(LRS)}"], queued)
     assert submitted.output.count("Queued experiment") == 2, submitted.output
     try:
-        started = run(["dvc", "queue", "start", "-j", "2"], queued)
-        assert "Started '2' new experiments task queue workers" in started.output, started.output
+        # Not through a pipe: the workers it leaves running would hold it open until they end.
+        with open(tmp_path / "start.log", "w+") as log:
+            subprocess.run(
+                ["dvc", "queue", "start", "-j", "2"],
+                cwd=queued,
+                env=command_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+                timeout=300,
+            )
+        started = (tmp_path / "start.log").read_text()
+        assert "Started '2' new experiments task queue workers" in started, started
         status = wait_for_queue(queued, until=lambda status: status.count("Running") == 2)
         assert status.count("Running") == 2, f"the two never ran at the same time:\n{status}"
         # Meanwhile, one experiment at a time in the other copy.
