@@ -10,12 +10,18 @@ given as strings, unreadable images that are skipped with a counted warning, gre
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
+import struct
 import subprocess
+import tarfile
 import threading
+import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +40,18 @@ SPLITS = ("train", "val", "test")
 PYTHON = str(VENV_BIN / "python")
 TLPIPE = str(VENV_BIN / "tlpipe")
 WORKERS = max(2, min(4, os.cpu_count() or 2))  # rows run concurrently, each in its own folder
+# Generous: a refusal takes a Python start-up, 1-3 s; `tlpipe predict` loads TensorFlow (30 s
+# with the table's rows running 4 at a time on 2 cores).
+BOUND_SECONDS = 120
+BOUND_RSS = 1.5e9  # bytes; TensorFlow alone takes about 0.5 GB
+# Runs a command and writes the peak RSS (kB) of it and its descendants to argv[1].
+MEASURED = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[2:]).returncode\n"
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "open(sys.argv[1], 'w').write(str(peak))\n"
+    "sys.exit(code)\n"
+)
 
 
 # --- building inputs -----------------------------------------------------------------------------
@@ -164,6 +182,9 @@ class Case:
     expect: tuple[str, ...]  # regular expressions that stderr must match
     ok: bool = False  # an input that must be accepted: exit status 0
     check: Callable[[Path, subprocess.CompletedProcess], None] | None = None  # further assertions
+    # An untrusted file: the command must also stay within BOUND_SECONDS and BOUND_RSS and, if it
+    # refuses, leave every file under data/, models/ and metrics/ as it found it.
+    bounded: bool = False
 
 
 def params_case(
@@ -444,6 +465,486 @@ def downloaded(root: Path, result: subprocess.CompletedProcess) -> None:
 
 NOT_FOLDER = r"which is not a folder; with data\.dataset: folder it must be a folder"
 RERUN = r"; delete it and run `dvc repro` again$"
+# --- untrusted files: declared sizes, archives, nesting, links -----------------------------------
+# Each row must be refused in one line naming the file and the limit (or, for one image among
+# good ones, skipped with a counted warning) within BOUND_SECONDS and BOUND_RSS, losing nothing.
+
+
+def written_files(root: Path) -> dict[str, str]:
+    """{path: sha256} of every file under data/, models/ and metrics/ (what a run writes)."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for folder in ("data", "models", "metrics")
+        for path in sorted((root / folder).rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_png_bomb(path: Path, width: int, height: int, *, real_pixels: bool) -> None:
+    """An RGBA PNG declaring width x height: with `real_pixels`, every (zero) row compressed
+    (a 12000 x 12000 image is 0.6 GB decoded from 0.6 MB); otherwise the header alone."""
+    compressor = zlib.compressobj(9)
+    rows = b""
+    if real_pixels:
+        chunk = b"\0" * ((4 * width + 1) * 500)  # 500 rows: filter byte + pixels each
+        parts = [compressor.compress(chunk) for _ in range(height // 500)]
+        rows = b"".join(parts) + compressor.flush()
+    else:
+        rows = zlib.compress(b"\0" * 64)
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", rows)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def write_jpeg_declaring(path: Path, width: int, height: int) -> None:
+    """A real 8x8 JPEG whose frame header (SOF0) is edited to declare width x height."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(data))
+
+
+def with_png_header_bomb(photos: Path) -> None:
+    two_classes(photos)
+    write_png_bomb(photos / "cats/bomb.png", 100_000, 100_000, real_pixels=False)
+
+
+def with_png_pixel_bomb(photos: Path) -> None:
+    two_classes(photos)
+    write_png_bomb(photos / "dogs/bomb.png", 12_000, 12_000, real_pixels=True)
+
+
+def with_jpeg_header_bomb(photos: Path) -> None:
+    two_classes(photos)
+    write_jpeg_declaring(photos / "cats/bomb.jpg", 65_000, 65_000)
+
+
+def with_link_loop(photos: Path) -> None:
+    two_classes(photos)
+    (photos / "birds").symlink_to("fish")
+    (photos / "fish").symlink_to("birds")
+
+
+def with_image_linked_from_outside(photos: Path) -> None:
+    two_classes(photos)
+    save_images(photos.parent / "private", 1, seed=5)
+    (photos / "cats/holiday.png").symlink_to(next((photos.parent / "private").iterdir()))
+
+
+def with_class_linked_from_outside(photos: Path) -> None:
+    two_classes(photos)
+    save_images(photos.parent / "elsewhere", 3, seed=5)
+    (photos / "birds").symlink_to(photos.parent / "elsewhere")
+
+
+def with_links_inside(photos: Path) -> None:
+    two_classes(photos)
+    (photos / "kittens").symlink_to("cats")
+    (photos / "dogs/copy.png").symlink_to(next((photos / "dogs").glob("*.png")))
+
+
+def untrusted_folder_case(
+    id: str, build: Callable[[Path], None], *expect: str, ok: bool = False, check=None
+) -> Case:
+    """`download` of ./photos made by `build`, over the data/raw/ of an earlier good run."""
+
+    def setup(root: Path, assets: Assets) -> list[str]:
+        (root / "photos").mkdir()
+        build(root / "photos")
+        write_params(root, {"data.dataset": "./photos"})
+        write_prepared(root)
+        return stage("download")
+
+    return Case(id, setup, expect, ok=ok, check=check, bounded=True)
+
+
+def untrusted_file_case(
+    id: str, command: str, damage: Callable[[Path], None], *expect: str
+) -> Case:
+    """A tiny earlier run's outputs, one file replaced by `damage`, then stage `command`."""
+
+    def setup(root: Path, assets: Assets) -> list[str]:
+        write_params(root)
+        write_prepared(root)
+        damage(root)
+        return stage(command)
+
+    return Case(id, setup, expect, bounded=True)
+
+
+def untrusted_params_case(id: str, write: Callable[[Path], None], *expect: str) -> Case:
+    """params.yaml written by `write`, over an earlier run's outputs; then `download`."""
+
+    def setup(root: Path, assets: Assets) -> list[str]:
+        write_prepared(root)
+        write(root / "params.yaml")
+        return stage("download")
+
+    return Case(id, setup, expect, bounded=True)
+
+
+def tlpipe_untrusted_case(
+    id: str, setup: Setup, *expect: str, ok: bool = False, check=None
+) -> Case:
+    return Case(id, setup, expect, ok=ok, check=check, bounded=True)
+
+
+def write_npy_header(path: Path, header: str, *, data: bytes = b"", version: int = 1) -> None:
+    """A .npy file with exactly this header text (and `data` after it)."""
+    body = (header + " " * (64 - (len(header) + 12) % 64) + "\n").encode("latin1")
+    length = struct.pack("<H", len(body)) if version == 1 else struct.pack("<I", len(body))
+    path.write_bytes(b"\x93NUMPY" + bytes([version, 0]) + length + body + data)
+
+
+def labels_of_huge_shape(root: Path) -> None:
+    shape = "{'descr': '<i8', 'fortran_order': False, 'shape': (1000000000000,), }"
+    write_npy_header(root / "data/raw/train_labels.npy", shape, data=b"\0" * 64)
+
+
+def labels_of_huge_items(root: Path) -> None:
+    header = "{'descr': [('a', '<f8', (100000000,))], 'fortran_order': False, 'shape': (20,), }"
+    write_npy_header(root / "data/raw/train_labels.npy", header, data=b"\0" * 64)
+
+
+def images_with_huge_header(root: Path) -> None:
+    header = "{'descr': '|u1', 'fortran_order': False, 'shape': (12, 8, 8, 1), }"
+    write_npy_header(
+        root / "data/raw/train_images.npy", header + " " * 1_000_000, data=b"\0" * 768, version=2
+    )
+
+
+def images_with_nested_header(root: Path) -> None:
+    shape = "(" * 3000 + "12," + ")" * 3000
+    header = "{'descr': '|u1', 'fortran_order': False, 'shape': " + shape + ", }"
+    write_npy_header(root / "data/raw/train_images.npy", header, data=b"\0" * 768)
+
+
+def classes_nested_deep(root: Path) -> None:
+    (root / "data/raw/classes.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
+def classes_huge(root: Path) -> None:
+    with open(root / "data/raw/classes.json", "wb") as file:
+        file.truncate(3 * 2**30)  # sparse: 3 GB that take no disk
+
+
+def billion_laughs(path: Path) -> None:
+    text = SHIPPED_PARAMS.replace("\nseed: 42", "\nseed: *i")
+    laughs = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for previous, name in zip("abcdefgh", "bcdefghi", strict=True):
+        laughs.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]")
+    assert "seed: *i" in text
+    path.write_text("\n".join(laughs) + "\n" + text)
+
+
+def params_nested_deep(path: Path) -> None:
+    path.write_text("seed: " + "[" * 20_000 + "]" * 20_000 + "\n")
+
+
+def params_huge(path: Path) -> None:
+    with open(path, "wb") as file:
+        file.write(SHIPPED_PARAMS.encode())
+        file.truncate(2 * 2**30)  # sparse
+
+
+def keras_archive(path: Path, members: dict[str, bytes], *, bomb: tuple[str, int] | None = None):
+    """A .keras zip with `members`, plus `bomb`: (name, bytes of spaces or zeros, deflated)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        if bomb is not None:
+            name, size = bomb
+            filler = (b" " if name.endswith(".json") else b"\0") * 2**24
+            with archive.open(name, "w", force_zip64=True) as member:
+                for _ in range(size // len(filler)):
+                    member.write(filler)
+
+
+def model_members(model: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(model) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def summary_of(build: Callable[[Path, dict[str, bytes]], None]) -> Setup:
+    """`tlpipe summary` of a models/model.keras made by build(path, a real model's members)."""
+
+    def setup(root: Path, assets: Assets) -> list[str]:
+        assets.install_model(root)
+        members = model_members(root / "models/model.keras")
+        build(root / "models/model.keras", members)
+        return [TLPIPE, "summary"]
+
+    return setup
+
+
+def config_bomb(path: Path, members: dict[str, bytes]) -> None:
+    del members["config.json"]
+    keras_archive(path, members, bomb=("config.json", 2**30))
+
+
+def weights_bomb(path: Path, members: dict[str, bytes]) -> None:
+    del members["model.weights.h5"]
+    keras_archive(path, members, bomb=("model.weights.h5", 1200 * 2**20))
+
+
+def member_escaping(name: str) -> Callable[[Path, dict[str, bytes]], None]:
+    def build(path: Path, members: dict[str, bytes]) -> None:
+        keras_archive(path, {**members, name: b"written outside the project"})
+
+    return build
+
+
+def config_nested_deep(path: Path, members: dict[str, bytes]) -> None:
+    members["config.json"] = b'{"module": "keras", "config": ' + b"[" * 100_000 + b"]" * 100_000
+    members["config.json"] += b"}"
+    keras_archive(path, members)
+
+
+def tfds_archive_not_official(root: Path, assets: Assets) -> list[str]:
+    """A cifar-10-binary.tar.gz placed for tensorflow-datasets, holding a member with ../ ."""
+    manual = root / "tfds/downloads/manual"
+    manual.mkdir(parents=True)
+    with tarfile.open(manual / "cifar-10-binary.tar.gz", "w:gz") as archive:
+        member = tarfile.TarInfo("../../../../escaped.txt")
+        member.size = 7
+        archive.addfile(member, io.BytesIO(b"escaped"))
+    write_params(root, {"data.dataset": "cifar10"})
+    write_prepared(root)
+    return ["env", f"TFDS_DATA_DIR={root / 'tfds'}", *stage("download")]
+
+
+def predict_a_bomb_among_good(bomb: Callable[[Path], None]) -> Setup:
+    def setup(root: Path, assets: Assets) -> list[str]:
+        assets.install_model(root)
+        save_images(root / "new", 3, size=(40, 30))
+        bomb(root / "new/zz_bomb.png")
+        return [TLPIPE, "predict", "new"]
+
+    return setup
+
+
+def predict_json_of(write: Callable[[Path], None]) -> Setup:
+    def setup(root: Path, assets: Assets) -> list[str]:
+        assets.install_model(root)
+        write(root / "models/model.json")
+        save_images(root / "new", 1)
+        return [TLPIPE, "predict", "new"]
+
+    return setup
+
+
+def predict_through_a_link_loop(root: Path, assets: Assets) -> list[str]:
+    assets.install_model(root)
+    save_images(root / "new", 3)
+    (root / "new/again").symlink_to(".")
+    (root / "new/sub").mkdir()
+    (root / "new/sub/up").symlink_to("..")
+    return [TLPIPE, "predict", "new"]
+
+
+def classified_once_each(root: Path, result: subprocess.CompletedProcess) -> None:
+    assert len(result.stdout.strip().splitlines()) == 3, result.stdout
+
+
+def nothing_escaped(root: Path, result: subprocess.CompletedProcess) -> None:
+    escaped = [*root.glob("escaped*"), *root.parent.glob("escaped*")]
+    assert not escaped, "an archive member was written outside where it belongs"
+
+
+IMAGE_LIMIT = r"the limit is 67108864 \(MAX_IMAGE_PIXELS, 8192x8192\)"
+UNTRUSTED = [
+    untrusted_folder_case(
+        "png-declaring-100000x100000-skipped",
+        with_png_header_bomb,
+        r"^warning: skipped 1 image file\(s\) over the size limit, e\.g\. photos/cats/bomb\.png "
+        rf"\(it declares 10000000000 pixels; {IMAGE_LIMIT}\)$",
+        ok=True,
+        check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=True),
+    ),
+    untrusted_folder_case(
+        "png-decompressing-to-0.6-GB-skipped",
+        with_png_pixel_bomb,
+        r"^warning: skipped 1 image file\(s\) over the size limit, e\.g\. photos/dogs/bomb\.png "
+        rf"\(it declares 12000x12000 = 144000000 pixels; {IMAGE_LIMIT}\)$",
+        ok=True,
+        check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=True),
+    ),
+    untrusted_folder_case(
+        "jpeg-declaring-65000x65000-skipped",
+        with_jpeg_header_bomb,
+        r"^warning: skipped 1 image file\(s\) over the size limit, e\.g\. photos/cats/bomb\.jpg "
+        rf"\(it declares 4225000000 pixels; {IMAGE_LIMIT}\)$",
+        ok=True,
+        check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=True),
+    ),
+    untrusted_folder_case(
+        "folder-link-loop",
+        with_link_loop,
+        r"^error: data\.dataset: photos/(birds|fish) is a link that loops or leads nowhere; "
+        r"class folders and images must be files or folders inside photos",
+    ),
+    untrusted_folder_case(
+        "folder-image-linked-from-outside",
+        with_image_linked_from_outside,
+        r"^error: data\.dataset: photos/cats/holiday\.png links to /\S+/private/\S+\.png, "
+        r"outside photos; class folders and images must be inside photos",
+    ),
+    untrusted_folder_case(
+        "folder-class-linked-from-outside",
+        with_class_linked_from_outside,
+        r"^error: data\.dataset: photos/birds links to /\S+/elsewhere, outside photos",
+    ),
+    untrusted_folder_case(
+        "folder-links-inside-followed",
+        with_links_inside,
+        ok=True,
+        check=raw_shape((16, 8, 8, 3), ["cats", "dogs", "kittens"], warned=False),
+    ),
+    untrusted_file_case(
+        "npy-declaring-8-TB",
+        "prepare",
+        labels_of_huge_shape,
+        r"^error: data/raw/train_labels\.npy is corrupt or truncated \(its header declares "
+        r"8\.0 TB of data, shape \(1000000000000,\) of int64, but the file holds 64 bytes\)"
+        + RERUN,
+    ),
+    untrusted_file_case(
+        "npy-items-of-800-MB",
+        "prepare",
+        labels_of_huge_items,
+        r"^error: data/raw/train_labels\.npy is corrupt or truncated \(its header declares "
+        r"16\.0 GB of data, shape \(20,\) of .+, but the file holds 64 bytes\)",
+    ),
+    untrusted_file_case(
+        "npy-header-of-1-MB",
+        "prepare",
+        images_with_huge_header,
+        r"^error: data/raw/train_images\.npy has a 1000\d\d\d-byte header; the limit is 10000 "
+        rf"bytes \(MAX_NPY_HEADER_BYTES\), so it was not written by the pipeline{RERUN}",
+    ),
+    untrusted_file_case(
+        "npy-header-nested-3000-deep",
+        "prepare",
+        images_with_nested_header,
+        r"^error: data/raw/train_images\.npy is corrupt or truncated "
+        rf"\(its header cannot be parsed\){RERUN}",
+    ),
+    untrusted_file_case(
+        "json-nested-100000-deep",
+        "prepare",
+        classes_nested_deep,
+        r"^error: data/raw/classes\.json nests deeper than 32 levels \(MAX_JSON_DEPTH\)",
+    ),
+    untrusted_file_case(
+        "json-of-3-GB",
+        "prepare",
+        classes_huge,
+        r"^error: data/raw/classes\.json is 3\.2 GB; the limit for the JSON files the pipeline "
+        rf"reads is 10\.5 MB \(MAX_JSON_BYTES\){RERUN}",
+    ),
+    untrusted_params_case(
+        "params-billion-laughs",
+        billion_laughs,
+        r"^error: params\.yaml uses a YAML alias \(\*a, line 2\); params\.yaml allows none, "
+        r"since aliases can expand exponentially: write the value out$",
+    ),
+    untrusted_params_case(
+        "params-nested-20000-deep",
+        params_nested_deep,
+        r"^error: params\.yaml nests deeper than 16 levels \(line 1\); "
+        r"the limit is MAX_PARAMS_DEPTH",
+    ),
+    untrusted_params_case(
+        "params-of-2-GB",
+        params_huge,
+        r"^error: params\.yaml is 2147483648 bytes; the limit is 1048576 \(MAX_PARAMS_BYTES\)$",
+    ),
+    Case(
+        "tfds-archive-not-official",
+        tfds_archive_not_official,
+        (
+            r"^error: an archive in /\S+/tfds/downloads/manual/ does not match the checksum "
+            r"tensorflow-datasets records for cifar10; it was not unpacked: replace it with the "
+            r"official file$",
+        ),
+        check=nothing_escaped,
+        bounded=True,
+    ),
+    tlpipe_untrusted_case(
+        "keras-config-zip-bomb",
+        summary_of(config_bomb),
+        r"^error: models/model\.keras is not a usable Keras model \(config\.json unpacks to "
+        r"1\.1 GB from [\d.]+ MB; the limit is 16\.8 MB \(MAX_MODEL_JSON_BYTES\)\)" + RERUN,
+    ),
+    tlpipe_untrusted_case(
+        "keras-weights-zip-bomb",
+        summary_of(weights_bomb),
+        r"^error: models/model\.keras is not a usable Keras model \(model\.weights\.h5 unpacks "
+        r"to 1\.3 GB from [\d.]+ MB: a zip bomb\? the limit is 100 times \(MAX_ZIP_RATIO\)\)",
+    ),
+    tlpipe_untrusted_case(
+        "keras-member-with-dotdot",
+        summary_of(member_escaping("../../escaped.txt")),
+        r"^error: models/model\.keras is not a usable Keras model \(it holds '\.\./\.\./escaped"
+        r"\.txt'; a pipeline model holds only config\.json, metadata\.json, model\.weights\.h5\)",
+        check=nothing_escaped,
+    ),
+    tlpipe_untrusted_case(
+        "keras-member-absolute",
+        summary_of(member_escaping("/tmp/escaped-by-tlpipe.txt")),
+        r"^error: models/model\.keras is not a usable Keras model \(it holds "
+        r"'/tmp/escaped-by-tlpipe\.txt'; a pipeline model holds only ",
+    ),
+    tlpipe_untrusted_case(
+        "keras-config-nested-100000-deep",
+        summary_of(config_nested_deep),
+        r"^error: models/model\.keras/config\.json nests deeper than 64 levels "
+        r"\(MAX_MODEL_DEPTH\)",
+    ),
+    tlpipe_untrusted_case(
+        "predict-png-declaring-100000x100000",
+        predict_a_bomb_among_good(
+            lambda path: write_png_bomb(path, 100_000, 100_000, real_pixels=False)
+        ),
+        rf"^error: new/zz_bomb\.png: not a readable image \(it declares 10000000000 pixels; "
+        rf"{IMAGE_LIMIT}\)$",
+        check=others_classified,
+    ),
+    tlpipe_untrusted_case(
+        "predict-png-decompressing-to-0.6-GB",
+        predict_a_bomb_among_good(
+            lambda path: write_png_bomb(path, 12_000, 12_000, real_pixels=True)
+        ),
+        rf"^error: new/zz_bomb\.png: not a readable image \(it declares 12000x12000 = "
+        rf"144000000 pixels; {IMAGE_LIMIT}\)$",
+        check=others_classified,
+    ),
+    tlpipe_untrusted_case(
+        "predict-model-json-nested-100000-deep",
+        predict_json_of(lambda path: path.write_text("[" * 100_000 + "]" * 100_000)),
+        r"^error: models/model\.json nests deeper than 32 levels \(MAX_JSON_DEPTH\)",
+    ),
+    tlpipe_untrusted_case(
+        "predict-through-a-link-loop",
+        predict_through_a_link_loop,
+        ok=True,
+        check=classified_once_each,
+    ),
+]
+
+
 CASES = [
     # params.yaml as a file
     params_text_case(
@@ -694,7 +1195,8 @@ CASES = [
         "features",
         lambda root, assets: truncate(root / "data/prepared/train_x.npy"),
         rf"^error: data/prepared/train_x\.npy is corrupt or truncated "
-        rf"\(mmap length is greater than file size\){RERUN}",
+        r"\(its header declares 36\.9 kB of data, shape \(12, 32, 32, 3\) of uint8, but the "
+        rf"file holds 18\.4 kB\){RERUN}",
     ),
     prepared_case(
         "empty-prepared-x",
@@ -707,7 +1209,8 @@ CASES = [
         "train",
         truncated_head_features,
         r"^error: data/features/head/train\.npy is corrupt or truncated "
-        r"\(mmap length is greater than file size\)" + RERUN,
+        r"\(its header declares 24\.6 kB of data, shape \(12, 512\) of float32, but the file "
+        r"holds 22\.1 kB\)" + RERUN,
     ),
     prepared_case(
         "prepared-splits-differ-in-size",
@@ -808,6 +1311,7 @@ CASES = [
         ["-S", "+train.epocs=3"],
         r"^error: train\.epocs: unknown key; train allows epochs, ",
     ),
+    *UNTRUSTED,
 ]
 
 
@@ -828,8 +1332,18 @@ def outcomes(
     folders = {case.id: tmp_path_factory.mktemp(case.id) for case in selected}
 
     def execute(case: Case) -> Outcome:
-        command = case.setup(folders[case.id], assets)
-        return folders[case.id], command, run(command, folders[case.id], check=False, timeout=300)
+        root = folders[case.id]
+        command = case.setup(root, assets)
+        if not case.bounded:
+            return root, command, run(command, root, check=False, timeout=300)
+        before = written_files(root)
+        started = time.monotonic()
+        peak_file = root.parent / f"{root.name}.peak"
+        result = run([PYTHON, "-c", MEASURED, str(peak_file), *command], root, check=False)
+        result.seconds = time.monotonic() - started
+        result.peak_rss = int(peak_file.read_text()) * 1024
+        result.before = before
+        return root, command, result
 
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="bad-input")
     try:
@@ -858,3 +1372,10 @@ def test_bad_input(case: Case, outcomes: dict[str, Future[Outcome]]):
         )
     if case.check is not None:
         case.check(root, result)
+    if case.bounded:
+        assert result.seconds < BOUND_SECONDS, f"took {result.seconds:.0f} s\n{shown}"
+        assert result.peak_rss < BOUND_RSS, f"peak RSS {result.peak_rss / 1e9:.2f} GB\n{shown}"
+        if not case.ok:
+            after = written_files(root)
+            lost = [name for name, digest in result.before.items() if after.get(name) != digest]
+            assert not lost, f"changed or deleted by a refused run: {lost}\n{shown}"

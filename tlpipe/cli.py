@@ -130,6 +130,13 @@ def predict(args: argparse.Namespace) -> int:
         )
     info = model_info(args.model)
     model = load_model(args.model)
+    if tuple(model.output_shape[1:]) != (len(info["classes"]),):
+        # finetune writes model.keras, then model.json: a run in between can pair two runs' files
+        raise UserError(
+            f"{args.model} has {model.output_shape[-1]} outputs but "
+            f"{args.model.with_suffix('.json')} names {len(info['classes'])} classes: written by "
+            "different runs (or rewritten while being read); run `dvc repro`, then try again"
+        )
     classes, top_k = info["classes"], min(args.top_k, len(info["classes"]))
     results, failed = [], 0
     # A batch at a time: decode, resize, classify, print, so memory does not grow with the files.

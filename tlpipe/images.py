@@ -7,24 +7,57 @@ prepare images differently from training.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-# What PIL raises for a file that is not a decodable image (missing, truncated, wrong format, huge).
+# The decoders tried, whatever the suffix says (Pillow's JPEG one also opens cameras' MPO
+# files); Pillow's other formats are never tried on files from elsewhere.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
+# Larger images are refused before decoding: a few bytes can declare 100000 x 100000 pixels
+# (a decompression bomb). 8192 x 8192 RGB decodes to 200 MB.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header declares more than MAX_IMAGE_PIXELS pixels."""
+
+
+# What reading a file that is not a usable image raises (missing, truncated, wrong format, huge).
 UNREADABLE_IMAGE = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
 
 
 def read_image(path: Path, size: int | None) -> np.ndarray:
-    """One image file as RGB uint8 (H, W, 3), resized to size x size when `size` is set."""
-    with Image.open(path) as image:
+    """One image file as RGB uint8 (H, W, 3), resized to size x size when `size` is set.
+
+    Raises one of UNREADABLE_IMAGE (ImageTooLarge over MAX_IMAGE_PIXELS) for a file that is not
+    a usable image; only the header is read before the size is checked.
+    """
+    try:
+        image = Image.open(path, formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as error:  # Pillow's own, looser limit
+        size = re.search(r"\((\d+) pixels\)", str(error))
+        raise _too_large(int(size.group(1)) if size else None) from None
+    with image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise _too_large(width * height, f"{width}x{height}")
         image.load()
         rgb = image.convert("RGB")
     if size is not None and rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _too_large(pixels: int | None, shape: str | None = None) -> ImageTooLarge:
+    declared = f"{shape} = {pixels} pixels" if shape else f"{pixels or 'too many'} pixels"
+    return ImageTooLarge(
+        f"it declares {declared}; the limit is {MAX_IMAGE_PIXELS} (MAX_IMAGE_PIXELS, "
+        f"{int(MAX_IMAGE_PIXELS**0.5)}x{int(MAX_IMAGE_PIXELS**0.5)})"
+    )
 
 
 def to_model_input(images: np.ndarray, image_size: int) -> np.ndarray:

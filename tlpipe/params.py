@@ -34,6 +34,10 @@ from tlpipe.runtime import UserError
 SCHEMA_FILE = Path("params.schema.json")
 MIN_IMAGE_SIZE = 32  # keras.applications backbones need at least 32x32 inputs
 MAX_BATCH = 4096
+# params.yaml is a few kB, two levels deep, and never needs YAML aliases (*name), which can expand
+# exponentially ("billion laughs"): files beyond these limits are refused before they are built.
+MAX_PARAMS_BYTES = 2**20
+MAX_PARAMS_DEPTH = 16
 
 
 class ParamsError(UserError):
@@ -212,7 +216,14 @@ class Params(Section):
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate params.yaml; raise ParamsError with one line per mistake."""
     try:
-        raw = yaml.safe_load(Path(path).read_bytes().decode("utf-8"))
+        size = Path(path).stat().st_size
+        if size > MAX_PARAMS_BYTES:
+            raise ParamsError(
+                f"{path} is {size} bytes; the limit is {MAX_PARAMS_BYTES} (MAX_PARAMS_BYTES)"
+            )
+        text = Path(path).read_bytes().decode("utf-8")
+        _check_yaml_shape(text, path)
+        raw = yaml.safe_load(text)
     except FileNotFoundError:
         raise ParamsError(
             f"{path} not found: run the pipeline from the project's top folder"
@@ -233,6 +244,29 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
         problem = getattr(error, "problem", error)
         raise ParamsError(f"{path} is not valid YAML{where}: {problem}") from None
     return parse_params(raw)
+
+
+def _check_yaml_shape(text: str, path: Path) -> None:
+    """Refuse YAML aliases and nesting deeper than MAX_PARAMS_DEPTH, from the parser's events
+    (which cost little and build nothing) before the document is constructed."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1
+            raise ParamsError(
+                f"{path} uses a YAML alias (*{event.anchor}, line {line}); params.yaml allows "
+                "none, since aliases can expand exponentially: write the value out"
+            )
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_PARAMS_DEPTH:
+                line = event.start_mark.line + 1
+                raise ParamsError(
+                    f"{path} nests deeper than {MAX_PARAMS_DEPTH} levels (line {line}); the "
+                    f"limit is MAX_PARAMS_DEPTH (params.yaml needs 2)"
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def parse_params(raw: Any) -> Params:

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from PIL import Image
 
-from tlpipe.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, read_image
+from tlpipe.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, ImageTooLarge, read_image
 from tlpipe.params import DataParams
 from tlpipe.paths import RAW_DIR, classes_file, raw_images, raw_labels, source_file
 from tlpipe.runtime import OFFLINE_DEMO, UserError
@@ -62,24 +62,34 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
     """A folder with one sub-folder of images per class (JPEG, PNG, ...), classes sorted by name,
     written to `out_dir` one image at a time; returns the class names.
 
-    Files that are not images by suffix are ignored; image files that cannot be decoded are skipped
-    with a counted warning. Images of different sizes need `data.image_size`.
+    Files that are not images by suffix are ignored; image files that cannot be decoded, or that
+    declare more than MAX_IMAGE_PIXELS, are skipped with a counted warning. Links are followed
+    only within the folder (see `_check_link`). Images of different sizes need `data.image_size`.
     """
-    class_dirs = sorted(
-        path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")
-    )
+    root = folder.resolve()
+    entries = [path for path in folder.iterdir() if not path.name.startswith(".")]
+    for path in entries:
+        _check_link(path, root, folder)
+    class_dirs = sorted(path for path in entries if path.is_dir())
     labels: list[int] = []
     class_names: list[str] = []
     skipped: list[str] = []
+    too_large: list[str] = []
     with contextlib.ExitStack() as stack:
         append = None  # opened at the first decoded image, which sets the row shape
         for class_dir in class_dirs:
             decoded = 0
             for path in sorted(class_dir.iterdir()):
-                if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                _check_link(path, root, folder)
+                if not path.is_file():
                     continue
                 try:
                     image = read_image(path, image_size)
+                except ImageTooLarge as error:
+                    too_large.append(f"{path} ({error})")
+                    continue
                 except UNREADABLE_IMAGE:
                     skipped.append(str(path))
                     continue
@@ -103,6 +113,12 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
                 f"warning: skipped {len(skipped)} unreadable image file(s), e.g. {skipped[0]}",
                 file=sys.stderr,
             )
+        if too_large:
+            print(
+                f"warning: skipped {len(too_large)} image file(s) over the size limit, "
+                f"e.g. {too_large[0]}",
+                file=sys.stderr,
+            )
         if len(class_names) < 2:
             raise UserError(
                 f"data.folder: {folder} has {len(class_names)} class folder(s) with readable "
@@ -110,6 +126,27 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
             )
     save_array(raw_labels("train", out_dir), np.asarray(labels, dtype=np.int64))
     return class_names
+
+
+def _check_link(path: Path, root: Path, folder: Path) -> None:
+    """Refuse an entry of the image folder that is a link looping, leading nowhere or leading
+    outside the folder (`root` is the folder resolved): the dataset would otherwise take in files
+    from elsewhere (which `dvc push` would then share), or walk in circles."""
+    if not path.is_symlink():
+        return
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python 3.11)
+        raise UserError(
+            f"data.dataset: {path} is a link that loops or leads nowhere; class folders and "
+            f"images must be files or folders inside {folder} (links within it are followed)"
+        ) from None
+    if not target.is_relative_to(root):
+        raise UserError(
+            f"data.dataset: {path} links to {target}, outside {folder}; class folders and "
+            f"images must be inside {folder}: copy them in, or point data.dataset at a folder "
+            "that holds them"
+        )
 
 
 def tfds_data_dir() -> Path:
@@ -200,9 +237,17 @@ def ensure_tfds_prepared(builder, manual_dir: Path) -> None:
             f"could not reach {host} to download {builder.name} (no network?). Put {files} in "
             f"{manual_dir}/ (checksum-verified), or run the offline demo: {OFFLINE_DEMO}"
         )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-    )
+    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+        )
+    except NonMatchingChecksumError:
+        raise UserError(
+            f"an archive in {manual_dir}/ does not match the checksum tensorflow-datasets "
+            f"records for {builder.name}; it was not unpacked: replace it with the official file"
+        ) from None
 
 
 def write_tfds_split(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import mmap
 import os
 import re
+import secrets
 import struct
 import zipfile
 from collections.abc import Callable, Iterator, Sized
@@ -26,20 +28,55 @@ from tlpipe.runtime import TEMPORARIES, UserError
 RERUN_HINT = "delete it and run `dvc repro` again"
 FIXED_SAVE_DATE = "1980-01-01@00:00:00"  # Keras's own date format
 NPY_MAGIC = b"\x93NUMPY"
+# Limits on files read from data/ and models/ (which may come from a DVC remote or another
+# person): a file over them is refused in one line naming the limit, before it is parsed.
+MAX_NPY_HEADER_BYTES = 10_000  # numpy's own default for np.load; ours are under 200 bytes
+MAX_JSON_BYTES = 10 * 2**20  # classes.json and model.json hold a few kB
+MAX_JSON_DEPTH = 32  # the pipeline's JSON nests 2 levels deep
+MAX_MODEL_JSON_BYTES = 16 * 2**20  # a model's config.json: 0.02-0.4 MB for the backbones
+MAX_MODEL_WEIGHTS_BYTES = 4 * 2**30  # model.weights.h5: 59 MB for VGG16 without its top
+MAX_MODEL_DEPTH = 64  # a model's config.json: 10-11 levels for the backbones
+MAX_ZIP_RATIO = 100  # unpacked / stored size of a member over 1 MiB (Keras stores weights as is)
+KERAS_MEMBERS = ("config.json", "metadata.json", "model.weights.h5")  # all a pipeline model holds
 
 
 def _temporary_name(path: Path) -> Path:
-    # Keep the real suffix last: Keras refuses to save a model to a name not ending in .keras.
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    """A name next to `path` that no other process or workspace uses at the same time: the
+    process id (so a later run can tell a dead writer's leftovers from a live one's) and a random
+    part (so writers with the same pid, in containers or on another host sharing the folder, still
+    differ). The real suffix stays last: Keras refuses to save a model to a name not ending in
+    .keras."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+
+
+def _writer_is_gone(temporary: Path) -> bool:
+    """Whether the process that named `temporary` (see `_temporary_name`) is no longer running."""
+    match = re.search(r"\.tmp-(\d+)", temporary.name)
+    if match is None:
+        return True
+    try:
+        os.kill(int(match.group(1)), 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large
+        return True
+    except PermissionError:  # running, as another user
+        return False
+    return False
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    Readers see either the old file or the new one, never half of one (os.replace is atomic), so
+    `tlpipe predict` can load models/model.keras while `dvc repro` rewrites it. Temporaries left
+    by killed runs are deleted; those of writers still running (another stage, another queued
+    experiment) are left alone.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.stem}.tmp-*{path.suffix}"):  # left by a killed run
-        stale.unlink(missing_ok=True)
+    for stale in path.parent.glob(f".{path.stem}.tmp-*{path.suffix}"):
+        if _writer_is_gone(stale):
+            stale.unlink(missing_ok=True)
     temporary = _temporary_name(path)
     TEMPORARIES.add(temporary)  # deleted by the Ctrl-C handler of run_stage
     try:
@@ -183,12 +220,23 @@ def read_rows(file: RowFile, rows: np.ndarray) -> np.ndarray:
 
 
 def load_array(path: Path, mmap: bool = True) -> np.ndarray:
-    """Load a .npy written by an earlier stage (memory-mapped by default), refusing pickles."""
+    """Load a .npy written by an earlier stage (memory-mapped by default), refusing pickles.
+
+    The header is checked before numpy sees the file: it must be at most MAX_NPY_HEADER_BYTES,
+    and the data it declares must be what the file holds, so a forged header (a huge shape over a
+    few bytes) is refused instead of allocating terabytes.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} is missing: run `dvc repro` to create it")
+    _check_npy_size(path)
     try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        array = np.load(
+            path,
+            mmap_mode="r" if mmap else None,
+            allow_pickle=False,
+            max_header_size=MAX_NPY_HEADER_BYTES,
+        )
     except (ValueError, EOFError) as error:  # EOFError: an empty file
         raise UserError(
             f"{path} is corrupt or truncated ({_npy_problem(path, error)}); {RERUN_HINT}"
@@ -196,6 +244,56 @@ def load_array(path: Path, mmap: bool = True) -> np.ndarray:
     except OSError as error:
         raise UserError(f"{path} cannot be read ({error}); {RERUN_HINT}") from None
     return array
+
+
+def _check_npy_size(path: Path) -> None:
+    """Refuse a .npy whose header is over MAX_NPY_HEADER_BYTES or declares more data than the
+    file holds; anything else (not a .npy, pickles) is left for np.load to judge."""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        start = file.read(len(NPY_MAGIC) + 2)
+        if len(start) < len(NPY_MAGIC) + 2 or not start.startswith(NPY_MAGIC):
+            return
+        major = start[-2]
+        length_format = "<H" if major == 1 else "<I"
+        length_bytes = file.read(struct.calcsize(length_format))
+        if len(length_bytes) < struct.calcsize(length_format):
+            return
+        (header_bytes,) = struct.unpack(length_format, length_bytes)
+        if header_bytes > MAX_NPY_HEADER_BYTES:
+            raise UserError(
+                f"{path} has a {header_bytes}-byte header; the limit is {MAX_NPY_HEADER_BYTES} "
+                f"bytes (MAX_NPY_HEADER_BYTES), so it was not written by the pipeline; {RERUN_HINT}"
+            )
+        file.seek(0)
+        try:
+            major, _ = np.lib.format.read_magic(file)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(file, max_header_size=MAX_NPY_HEADER_BYTES)
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            return  # np.load reports the same header, in the words of _npy_problem
+        data_offset = file.tell()
+    if dtype.hasobject:
+        return
+    declared = math.prod(int(n) for n in shape) * dtype.itemsize
+    if declared > size - data_offset:
+        raise UserError(
+            f"{path} is corrupt or truncated (its header declares {_bytes(declared)} of data, "
+            f"shape {tuple(shape)} of {dtype}, but the file holds {_bytes(size - data_offset)})"
+            f"; {RERUN_HINT}"
+        )
+
+
+def _bytes(count: int) -> str:
+    """A byte count for people: 812 bytes, 3.4 MB, 7.3 TB."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def _npy_problem(path: Path, error: Exception) -> str:
@@ -208,6 +306,8 @@ def _npy_problem(path: Path, error: Exception) -> str:
         return "not a .npy file"
     if "Object arrays" in str(error) or "Python objects" in str(error):
         return "it holds pickled Python objects, which are never loaded: they could run code"
+    if "Cannot parse header" in str(error):  # numpy's message quotes the whole header
+        return "its header cannot be parsed"
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
@@ -229,13 +329,49 @@ def save_json(path: Path, data: Any) -> None:
 
 
 def load_json(path: Path) -> Any:
+    """Read a JSON file written by an earlier stage: at most MAX_JSON_BYTES, nested at most
+    MAX_JSON_DEPTH levels; one line if not."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise UserError(
+                f"{path} is {_bytes(size)}; the limit for the JSON files the pipeline reads is "
+                f"{_bytes(MAX_JSON_BYTES)} (MAX_JSON_BYTES); {RERUN_HINT}"
+            )
+        return _parse_json(path.read_text(), path, max_depth=MAX_JSON_DEPTH)
     except FileNotFoundError:
         raise UserError(f"{path} is missing: run `dvc repro` to create it") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path} is not valid JSON ({error}); {RERUN_HINT}") from None
+
+
+def _parse_json(
+    text: str | bytes, path: Path, *, max_depth: int, limit_name: str = "MAX_JSON_DEPTH"
+) -> Any:
+    """json.loads, refusing documents nested deeper than `max_depth` (Python's parser recurses,
+    so a deep enough document would otherwise end in a RecursionError)."""
+    too_deep = UserError(
+        f"{path} nests deeper than {max_depth} levels ({limit_name}), which no file the "
+        f"pipeline writes does; {RERUN_HINT}"
+    )
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise too_deep from None
+    level, nodes = 0, [data]
+    while nodes:  # breadth first, one level at a time
+        level += 1
+        if level > max_depth:
+            raise too_deep
+        nodes = [
+            child
+            for node in nodes
+            if isinstance(node, dict | list)
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+    return data
 
 
 def save_model(model: Any, path: Path) -> None:
@@ -279,11 +415,12 @@ def _renumber_shared_objects(config: str) -> str:
 
 
 def load_model(path: Path) -> Any:
-    """Load a .keras model in safe mode (no deserialised Python code); one line if unusable."""
-    import keras
+    """Load a .keras model in safe mode (no deserialised Python code); one line if unusable.
 
-    import tlpipe.normalization  # noqa: F401  registers the layer every pipeline model starts with
-
+    The archive is inspected first: it must hold only the members a Keras model has (no paths
+    that would be extracted elsewhere), each within its size limit (no zip bombs), and a config
+    nested no deeper than MAX_MODEL_DEPTH.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} is missing: run `dvc repro` to create it")
@@ -293,8 +430,18 @@ def load_model(path: Path) -> Any:
             f"{path} is not a usable Keras model (not a .keras zip archive: empty, truncated or "
             f"overwritten); {RERUN_HINT}"
         )
+    _check_keras_archive(path)  # before TensorFlow loads: a refusal takes a second, not ten
+    import keras
+
+    import tlpipe.normalization  # noqa: F401  registers the layer every pipeline model starts with
+
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except RecursionError:
+        raise UserError(
+            f"{path} is not a usable Keras model (its config.json nests layers deeper than "
+            f"Python can follow); {RERUN_HINT}"
+        ) from None
     except (
         ValueError,
         OSError,
@@ -307,4 +454,53 @@ def load_model(path: Path) -> Any:
         )
         raise UserError(
             f"{path} is not a usable Keras model ({first_line}); {RERUN_HINT}"
+        ) from None
+
+
+def _check_keras_archive(path: Path) -> None:
+    """Refuse a .keras zip with members other than KERAS_MEMBERS or over their size limits.
+
+    Keras extracts every member to a temporary folder when an archive has more than its three
+    (assets), and reads config.json whole into memory; the sizes checked are those the archive
+    declares, which Python's zipfile never reads past.
+    """
+    problem = f"{path} is not a usable Keras model"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            for info in members:
+                if info.filename not in KERAS_MEMBERS:
+                    raise UserError(
+                        f"{problem} (it holds {info.filename!r}; a pipeline model holds only "
+                        f"{', '.join(KERAS_MEMBERS)}); {RERUN_HINT}"
+                    )
+                limit, name = (
+                    (MAX_MODEL_WEIGHTS_BYTES, "MAX_MODEL_WEIGHTS_BYTES")
+                    if info.filename.endswith(".h5")
+                    else (MAX_MODEL_JSON_BYTES, "MAX_MODEL_JSON_BYTES")
+                )
+                unpacks = f"{info.filename} unpacks to {_bytes(info.file_size)} from "
+                unpacks += _bytes(info.compress_size)
+                if info.file_size > limit:
+                    raise UserError(
+                        f"{problem} ({unpacks}; the limit is {_bytes(limit)} ({name})); "
+                        f"{RERUN_HINT}"
+                    )
+                if info.file_size > 2**20 and info.file_size > MAX_ZIP_RATIO * info.compress_size:
+                    raise UserError(
+                        f"{problem} ({unpacks}: a zip bomb? the limit is {MAX_ZIP_RATIO} times "
+                        f"(MAX_ZIP_RATIO)); {RERUN_HINT}"
+                    )
+            if "config.json" in archive.namelist():
+                _parse_json(
+                    archive.read("config.json"),
+                    path / "config.json",
+                    max_depth=MAX_MODEL_DEPTH,
+                    limit_name="MAX_MODEL_DEPTH",
+                )
+    except zipfile.BadZipFile as error:
+        raise UserError(f"{problem} ({error}); {RERUN_HINT}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(
+            f"{problem} (config.json is not valid JSON: {error}); {RERUN_HINT}"
         ) from None
