@@ -562,7 +562,7 @@ def untrusted_folder_case(
     def setup(root: Path, assets: Assets) -> list[str]:
         (root / "photos").mkdir()
         build(root / "photos")
-        write_params(root, {"data.dataset": "./photos"})
+        write_params(root, PHOTOS)
         write_prepared(root)
         return stage("download")
 
@@ -720,7 +720,7 @@ def tfds_archive_not_official(root: Path, assets: Assets) -> list[str]:
         member = tarfile.TarInfo("../../../../escaped.txt")
         member.size = 7
         archive.addfile(member, io.BytesIO(b"escaped"))
-    write_params(root, {"data.dataset": "cifar10"})
+    write_params(root, {"data.dataset": "cifar10:3.0.2"})
     write_prepared(root)
     return ["env", f"TFDS_DATA_DIR={root / 'tfds'}", *stage("download")]
 
