@@ -87,8 +87,10 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/paths.py": (None, STAGES),
     "tlpipe/runtime.py": (None, STAGES),
     "tlpipe/storage.py": (None, STAGES),
-    # The `tlpipe` command (predict, summary): no stage imports it, it reads the pipeline's outputs.
+    # The `tlpipe` command (predict, summary, review): no stage imports it, it reads the
+    # pipeline's outputs; review.py runs the pipeline through DVC.
     "tlpipe/cli.py": (None, frozenset()),
+    "tlpipe/review.py": (None, frozenset()),
     # The package inits run before every stage but only call startup.py, which quiets TensorFlow's
     # start-up notices and checks the interpreter (stderr and exit status, never an output):
     # declaring them would rerun the whole pipeline for a logging tweak. The guard test below
