@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.machinery
-import importlib.metadata
 import importlib.util
 import os
 import re
@@ -35,6 +34,8 @@ import types
 from collections.abc import Iterator, Sequence
 
 VERBOSE = "TLPIPE_VERBOSE"
+# Third-party modules every stage imports (tlpipe/params.py, storage.py, normalization.py).
+STAGE_MODULES = ("numpy", "yaml", "pydantic", "keras")
 # absl's banner before its first message, and absl INFO records ("I<mmdd> <hh:mm:ss.us> <thread>
 # <file>:<line>] ...", before absl is initialised "I0000 00:00:<epoch seconds>..."): what
 # TF_CPP_MIN_LOG_LEVEL=1 would drop had it applied yet.
@@ -129,20 +130,20 @@ def start_up_notices_dropped() -> Iterator[None]:
                     kept = kept[os.write(2, kept) :]
 
 
-def require_project_environment(distribution: str = "tlpipe") -> None:
-    """Stop with one line if this interpreter is not one the project is installed in.
+def require_project_environment(modules: Sequence[str] = STAGE_MODULES) -> None:
+    """Stop with one line if this interpreter lacks the packages every stage imports.
 
     DVC runs each stage's `python -m stages.<name>` through the shell, so `python` is whichever
     the PATH finds first: calling `.venv/bin/dvc` without activating the venv gives the system's,
-    which has none of the project's packages.
+    which has none of the project's packages. (The project's own metadata is no test: run in the
+    project folder, any Python finds tlpipe.egg-info there.)
     """
-    try:
-        importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
         print(
-            f"error: `python` here is {sys.executable}, which does not have the project "
-            "installed: activate the project's venv (`. .venv/bin/activate`) and run the command "
-            "again, or use `make demo`",
+            f"error: `python` here is {sys.executable}, which lacks the project's packages "
+            f"(no {', '.join(missing)}): activate the project's venv (`. .venv/bin/activate`) and "
+            "run the command again, or use `make demo`",
             file=sys.stderr,
         )
         sys.exit(2)
