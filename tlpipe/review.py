@@ -8,6 +8,8 @@ the comparison is exactly the PR's change. Both runs happen in one throw-away cl
 
 1. base: `dvc exp run` on the base commit; stages seen before with the same code, params and
    inputs (`make demo` here, an earlier review) are restored from the run cache instead of run.
+   (DVC keeps no run-cache entry for a stage with an uncached output that is neither a metric nor
+   a plot, as train, finetune and evaluate have in metrics/: those run on this side every time.)
 2. head: the head commit is checked out over the base run's dvc.lock and outputs, and
    `dvc exp run` again: DVC reruns only the stages whose code, params or inputs the PR changed.
 3. `dvc metrics diff --md --all` between the two runs, `dvc params diff --md` between the two
@@ -138,12 +140,13 @@ def changed_params(clone: Path, base: Side, head: Side) -> list[str]:
 
 
 def stage_events(output: str) -> dict[str, str]:
-    """What DVC did with each stage, from `dvc exp run`'s output."""
-    events = {}
-    for event, pattern in STAGE_EVENTS.items():
-        for stage in pattern.findall(output):
-            events[stage] = event
-    return events
+    """What DVC did with each stage, from `dvc exp run`'s output, in the order DVC took them."""
+    found = sorted(
+        (match.start(), match.group(1), event)
+        for event, pattern in STAGE_EVENTS.items()
+        for match in pattern.finditer(output)
+    )
+    return {stage: event for _, stage, event in found}
 
 
 def run_side(clone: Path, side: Side, overrides: list[str]) -> None:
