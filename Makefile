@@ -13,7 +13,7 @@ DEMO_PARAMS := -S data.dataset=digits -S backbone.weights=none \
 # More overrides for one call, e.g. make demo DEMO_EXTRA="-S train.epochs=3"
 DEMO_EXTRA ?=
 
-.PHONY: install demo test lint format schema plots-page clean
+.PHONY: install demo demo-params test lint format schema plots-page clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	dvc exp run $(DEMO_PARAMS) $(DEMO_EXTRA)
 	dvc metrics show metrics/evaluate.json
+
+# The demo's overrides, for what runs the same configuration (`tlpipe review`).
+demo-params:
+	@echo $(DEMO_PARAMS)
 
 test: install lint
 	$(BIN)/python -m pytest

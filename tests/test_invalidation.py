@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,14 +93,17 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/paths.py": (None, STAGES),
     "tlpipe/runtime.py": (None, STAGES),
     "tlpipe/storage.py": (None, STAGES),
-    # The `tlpipe` command (predict, summary): no stage imports it, it reads the pipeline's outputs.
+    # The `tlpipe` command (predict, summary, review): no stage imports it, it reads the
+    # pipeline's outputs; review.py runs the pipeline through DVC.
     "tlpipe/cli.py": (None, frozenset()),
-    # Package docstrings; tlpipe/__init__.py runs before every stage but only sets a default TF log
-    # level (stderr noise, never an output): declaring it would rerun the whole pipeline for a
-    # logging tweak. The guard test below fails if it ever does more, and then it must become a
-    # dep of every stage.
+    "tlpipe/review.py": (None, frozenset()),
+    # The package inits run before every stage but only call startup.py, which quiets TensorFlow's
+    # start-up notices and checks the interpreter (stderr and exit status, never an output):
+    # declaring them would rerun the whole pipeline for a logging tweak. The guard test below
+    # fails if they ever do more, and then they must become deps of every stage.
     "stages/__init__.py": (None, frozenset()),
     "tlpipe/__init__.py": (None, frozenset()),
+    "tlpipe/startup.py": (None, frozenset()),
 }
 CODE = ("stages/", "tlpipe/")
 MODULES = sorted(key for key in READERS if key.startswith(CODE))
@@ -180,11 +184,18 @@ def test_imports_run_one_way():
         assert module not in imported, f"{module} imports itself through a loop"
 
 
-def test_package_inits_only_set_the_log_level():
-    """The package inits stay out of every stage's deps only while they cannot change an output."""
+def test_package_inits_only_quiet_tensorflow_and_check_the_interpreter():
+    """The package inits (and startup.py, which they call) stay out of every stage's deps only
+    while they cannot change an output; startup.py stays standard-library only, so importing
+    tlpipe stays light and works under any `python`."""
+    quiet = "quiet_tensorflow_start_up"
+    check = "require_project_environment"
     for init, expected in (
-        ("tlpipe/__init__.py", ["import os", "os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')"]),
-        ("stages/__init__.py", []),
+        ("tlpipe/__init__.py", [f"from tlpipe.startup import {quiet}", f"{quiet}()"]),
+        (
+            "stages/__init__.py",
+            [f"from tlpipe.startup import {quiet}, {check}", f"{check}()", f"{quiet}()"],
+        ),
     ):
         body = ast.parse((REPO / init).read_text()).body
         docstring = (ast.Expr, ast.Constant)
@@ -194,9 +205,12 @@ def test_package_inits_only_set_the_log_level():
             if not (isinstance(node, docstring[0]) and isinstance(node.value, docstring[1]))
         ]
         assert code == expected, (
-            f"{init} runs before every stage: if it does more than set the log level, add it to "
-            "every stage's deps in dvc.yaml and to all stages in READERS"
+            f"{init} runs before every stage: if it does more than quiet TensorFlow's start-up and "
+            "check the interpreter, add it to every stage's deps in dvc.yaml and to all stages in "
+            "READERS"
         )
+    imported = imported_names(ast.parse((REPO / "tlpipe/startup.py").read_text()))
+    assert {name.split(".")[0] for name in imported} <= sys.stdlib_module_names | {"__future__"}
 
 
 def test_data_paths_in_dvc_yaml_are_those_of_tlpipe_paths():

@@ -1,7 +1,8 @@
 """tlpipe: a reproducible transfer-learning pipeline. The DVC stages live in `stages/`; this package
 holds everything they share, and the `tlpipe` command."""
 
-import os
+from tlpipe.startup import quiet_tensorflow_start_up
 
-# TensorFlow prints a page of C++ start-up notices at INFO level; keep warnings and errors.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# Before anything imports TensorFlow: its start-up notices stay off the terminal (TLPIPE_VERBOSE=1
+# keeps them). Only stderr changes, never an output (tlpipe/startup.py).
+quiet_tensorflow_start_up()

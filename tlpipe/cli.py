@@ -3,6 +3,7 @@
 tlpipe predict photo.jpg more/photos/          one line per image: path, class, probability
 tlpipe predict --top-k 3 --json photo.jpg      the three likeliest classes, as JSON
 tlpipe summary [--plot model.png]               layers, trainable flags, parameter counts
+tlpipe review main [HEAD]                       metrics of two commits, same configuration
 """
 
 from __future__ import annotations
@@ -73,6 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summary.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="also draw the architecture to FILE.png"
+    )
+
+    review = commands.add_parser(
+        "review",
+        help="compare the pipeline's metrics on two commits, run with the same configuration",
+        description="Run the pipeline on BASE and on HEAD with the same overrides (by default "
+        "the offline demo's, from the Makefile) in a throw-away clone sharing this repository's "
+        "DVC cache, and print Markdown: the metrics of both, the params HEAD changes, and which "
+        "stages ran or came from DVC's run cache. DVC's own output goes to stderr.",
+    )
+    review.add_argument("base", metavar="BASE", help="the commit to compare with (e.g. main)")
+    review.add_argument(
+        "head", metavar="HEAD", nargs="?", default="HEAD", help="the commit to review (HEAD)"
+    )
+    review.add_argument(
+        "-S",
+        "--set-param",
+        dest="overrides",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an override for both sides, as `dvc exp run -S` takes it (repeatable); "
+        "replaces the demo's",
     )
     return parser
 
@@ -196,9 +219,16 @@ def summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def review(args: argparse.Namespace) -> int:
+    from tlpipe.review import review as review_commits
+
+    print(review_commits(Path.cwd(), args.base, args.head, args.overrides), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    command = {"predict": predict, "summary": summary}[args.command]
+    command = {"predict": predict, "summary": summary, "review": review}[args.command]
 
     def run() -> None:
         code = command(args)
