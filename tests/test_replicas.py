@@ -1,0 +1,33 @@
+"""`train.replicas` / `finetune.replicas`: MirroredStrategy over two logical CPU devices trains,
+and two runs give the same bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import OFFLINE, TINY, copy_project, run
+
+REPLICAS = ["-S", "train.replicas=2", "-S", "finetune.replicas=2"]
+
+
+def outs(project: Path, stage: str) -> dict[str, str]:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for out in lock["stages"][stage]["outs"]}
+
+
+@pytest.mark.slow
+def test_two_replicas_train_and_are_deterministic(tmp_path: Path):
+    project = copy_project(tmp_path)
+    first = run(["dvc", "exp", "run", *OFFLINE, *TINY, *REPLICAS], project).output
+    for key in ("train.replicas", "finetune.replicas"):
+        assert f"{key}: 2 replicas, MirroredStrategy over /cpu:0, /cpu:1" in first
+    trained = {stage: outs(project, stage) for stage in ("train", "finetune")}
+    head = json.loads((project / "metrics/train/metrics.json").read_text())
+    assert head["eval"]["accuracy"] > 0.3  # ten classes: chance is 0.1
+
+    run(["dvc", "repro", "-f", "-s", "train", "finetune"], project)
+    assert {stage: outs(project, stage) for stage in ("train", "finetune")} == trained
