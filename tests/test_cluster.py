@@ -1,22 +1,15 @@
 """`cluster.engine: ray`: features on a two-node Ray cluster on loopback, byte-identical to local.
 
-The cluster is started here (head on 127.0.0.2, a worker node on 127.0.0.3, one CPU each: Ray
-rewrites 127.0.0.1 to the host's routable address, other loopback addresses it keeps) and only the
-processes this module started are stopped: `ray stop` would kill every Ray process on the host.
-Every run of the project outside the cluster test hides Ray (a `ray` package that fails to import
-comes first on PYTHONPATH), so engine: local is also shown never to import it.
+The cluster (tests/ray_loopback.py: one CPU per node) is stopped by the PIDs it started. Runs with
+engine: local hide Ray (a `ray` package that fails to import comes first on PYTHONPATH), which
+shows that engine: local never imports it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +18,10 @@ import psutil
 import pytest
 import yaml
 
-from tests.helpers import OFFLINE, REPO, TINY, VENV_BIN, command_env, copy_project
+from tests.helpers import OFFLINE, REPO, TINY, command_env, copy_project
+from tests.ray_loopback import HEAD, WORKER, free_port, loopback_cluster
 from tlpipe.cluster import Shard, plan_shards
 
-HEAD, WORKER = "127.0.0.2", "127.0.0.3"
 FEATURES_OUTS = (
     "data/features/head",
     "data/features/boundary",
@@ -37,89 +30,11 @@ FEATURES_OUTS = (
 )
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-def ray_command(*args: str) -> list[str]:
-    return [str(VENV_BIN / "ray"), *args, "--disable-usage-stats", "--block"]
-
-
-def live_nodes(address: str) -> int:
-    status = subprocess.run(
-        [str(VENV_BIN / "ray"), "status", "--address", address],
-        capture_output=True,
-        text=True,
-        env=command_env(),
-        timeout=60,
-    )
-    active = status.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
-    return active.count(" node_")
-
-
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     """host:port of a running two-node Ray cluster on loopback; stopped afterwards."""
-    temp_dir = tempfile.mkdtemp(prefix="tlray-")  # short: Ray's socket paths must fit 107 bytes
-    address = f"{HEAD}:{free_port(HEAD)}"
-    common = ["--num-cpus=1", f"--temp-dir={temp_dir}"]
-    head = worker = None
-    try:
-        head = subprocess.Popen(
-            ray_command(
-                "start",
-                "--head",
-                f"--node-ip-address={HEAD}",
-                f"--port={address.rsplit(':', 1)[1]}",
-                "--include-dashboard=false",
-                *common,
-            ),
-            env=command_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 120
-        while live_nodes(address) < 1:
-            assert time.monotonic() < deadline, "the Ray head node did not start"
-            time.sleep(1)
-        worker = subprocess.Popen(
-            ray_command("start", f"--address={address}", f"--node-ip-address={WORKER}", *common),
-            env=command_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        while live_nodes(address) < 2:
-            assert time.monotonic() < deadline, "the Ray worker node did not join"
-            time.sleep(1)
+    with loopback_cluster() as address:
         yield address
-    finally:
-        stop_started([process for process in (worker, head) if process is not None])
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def stop_started(processes: list[subprocess.Popen]) -> None:
-    """Stop the `ray start` processes and everything they started, by PID, and nothing else."""
-    started = []
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            started += psutil.Process(process.pid).children(recursive=True)
-    for process in processes:
-        process.send_signal(signal.SIGTERM)
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
-    for child in started:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    psutil.wait_procs(started, timeout=30)
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
