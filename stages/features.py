@@ -62,7 +62,12 @@ def main() -> None:
     precision = choose_precision(params.features.precision, stage="features")
     print(f"features: the conv base computes in {precision}")
     if params.cluster.engine == "ray":
-        save_model(base, BACKBONE_FILE)  # first: the Ray workers load it
+        # Saved first, the Ray workers load it. The local path saves the model after computing in
+        # `precision`, which leaves every layer its own float32 policy object (the config differs
+        # in bytes, not meaning): the same round trip here gives the same file.
+        with computing_in(base, precision):
+            pass
+        save_model(base, BACKBONE_FILE)
         with provisional(BACKBONE_FILE):
             extract_on_cluster(
                 params.cluster.address,
