@@ -68,21 +68,28 @@ def plan_shards(
     ]
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a FeatureWorker needs; paths are absolute, the same on every node."""
+
+    backbone_file: str
+    boundary: str  # the freeze-boundary layer's name
+    images: dict[str, str]  # split -> prepared images
+    batch_size: int
+    dtype: str  # of the caches
+    precision: str  # what the conv base computes in, as chosen by the stage
+    seed: int
+    threads: int  # the CPUs Ray gave the actor
+
+
 class FeatureWorker:
     """One per node, as a Ray actor: computes shards with the backbone of data/features/."""
 
-    def __init__(
-        self,
-        *,
-        backbone_file: str,
-        boundary: str,
-        images: dict[str, str],
-        batch_size: int,
-        dtype: str,
-        precision: str,
-        seed: int,
-        threads: int,
-    ) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings  # used by load(): an error there reaches the stage as itself
+
+    def load(self) -> str:
+        """Load the backbone and open the images; the node's address."""
         import ray
         import tensorflow as tf
 
@@ -92,29 +99,28 @@ class FeatureWorker:
         from tlpipe.runtime import seed_everything
         from tlpipe.storage import load_array, load_model
 
-        self.node = ray.util.get_node_ip_address()
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-        seed_everything(seed)
-        if not Path(backbone_file).is_file():
+        settings = self.settings
+        node = ray.util.get_node_ip_address()
+        tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(settings.threads)
+        seed_everything(settings.seed)
+        backbone_file = Path(settings.backbone_file)
+        if not backbone_file.is_file():
             raise UserError(
-                f"features: Ray node {self.node} cannot see {backbone_file}; every node needs the "
+                f"features: Ray node {node} cannot see {backbone_file}; every node needs the "
                 "project folder at the same path (a shared filesystem: README, Scaling out)"
             )
-        base = load_model(Path(backbone_file))
-        bottom, top = split_at(base, boundary)
+        base = load_model(backbone_file)
+        bottom, top = split_at(base, settings.boundary)
         # The local path's precision (chosen on the driver), so that the bytes are the same: the
         # graph keeps the precision its layers had when it was traced, here.
-        with computing_in(base, precision):
+        with computing_in(base, settings.precision):
             self.forward = compile_forward(bottom, top)
             self.forward(tf.zeros((1, *bottom.input.shape[1:])))
-        self.images = {split: load_array(Path(path)) for split, path in images.items()}
-        self.batch_size = batch_size
-        self.dtype = np.dtype(dtype)
-
-    def ready(self) -> str:
-        """The node's address, once the backbone is loaded."""
-        return self.node
+        self.images = {split: load_array(Path(path)) for split, path in settings.images.items()}
+        self.batch_size = settings.batch_size
+        self.dtype = np.dtype(settings.dtype)
+        return node
 
     def extract(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
         """(boundary activations, conv-base output) of the shard's rows, batch by batch."""
@@ -216,9 +222,9 @@ def start_workers(ray: Any, **worker_args: Any) -> tuple[list[Any], list[str]]:
                 num_gpus=min(1, node["Resources"].get("GPU", 0)),
                 max_restarts=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-            ).remote(threads=int(cpus), **worker_args)
+            ).remote(WorkerSettings(threads=int(cpus), **worker_args))
         )
-    ready = [actor.ready.remote() for actor in actors]
+    ready = [actor.load.remote() for actor in actors]
     done, _ = ray.wait(ready, num_returns=len(ready), timeout=START_TIMEOUT_S)
     if len(done) < len(ready):
         raise UserError(
