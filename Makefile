@@ -30,7 +30,12 @@ demo: install
 demo-params:
 	@echo $(DEMO_PARAMS)
 
-test: install lint
+# The tests also need the `cluster` extra (Ray, for tests/test_cluster.py); the demo does not.
+$(VENV)/.installed-cluster: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,cluster]'
+	touch $@
+
+test: install $(VENV)/.installed-cluster lint
 	$(BIN)/python -m pytest
 
 # ruff (settings in pyproject.toml): lint and formatting are checked before every test run.

@@ -23,7 +23,10 @@ VGG16 conv base, it measures in one process:
 - bf16_features_speedup, bf16_finetune_speedup: bfloat16 (Keras mixed precision, as
   `features.precision` / `finetune.precision: bfloat16` run it) over float32, at 64 px: features
   throughput on the same images, and a cached fine-tuning epoch; efficiency_64_by_precision: each
-  precision's features GFLOP/s (real-pixel MACs) over the matmul ceiling of the same dtype.
+  precision's features GFLOP/s (real-pixel MACs) over the matmul ceiling of the same dtype;
+- ray_vs_local: features throughput of the whole stage with `cluster.engine: ray` on two Ray
+  nodes on loopback (one CPU each) over `engine: local` in one process, on the same cores
+  (`--ray-vs-local` runs only this).
 
 Throughputs are the best of a few repetitions after a warm-up: other processes on the machine can
 only slow a repetition down, so the best one is the closest to what the code itself can do. What is
@@ -81,6 +84,7 @@ MODES = {
         finetune_n_150=96,
         bf16_n=256,
         bf16_finetune_n=1536,
+        ray_n=2000,
     ),
     "full": dict(
         n_images=3072,
@@ -92,6 +96,7 @@ MODES = {
         finetune_n_150=192,
         bf16_n=512,
         bf16_finetune_n=3072,
+        ray_n=10000,
     ),
 }
 
@@ -791,6 +796,60 @@ def pipeline_at_scale(workdir: Path, images: int, size: int) -> dict[str, object
     }
 
 
+def features_stage_s(project: Path, env: dict[str, str]) -> float:
+    """Wall time of `python -m stages.features` in `project`, as DVC would run it."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "stages.features"],
+        cwd=project,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
+def features_bytes(project: Path) -> dict[str, bytes]:
+    folder = project / "data" / "features"
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in [*sorted(folder.rglob("*.npy")), folder / "backbone.keras"]
+    }
+
+
+def ray_vs_local(workdir: Path, n_images: int) -> dict[str, float]:
+    """The features stage with `cluster.engine: ray` on two loopback Ray nodes of one CPU each,
+    against `engine: local` in one process, on the same cores: whole-stage wall times (start-up,
+    Ray connection and actor start included), throughput ratio ray / local. Both must write the
+    same bytes."""
+    from tests.ray_loopback import loopback_cluster
+    from tlpipe.paths import SPLITS, prepared_images
+    from tlpipe.storage import save_array
+
+    project = workdir / "ray-vs-local"
+    settings = {"backbone.weights": "none", "prepare.image_size": IMAGE_SHAPE[0]}
+    write_params(project, settings | {"cluster.engine": "local"})
+    rng = np.random.default_rng(SEED)
+    counts = dict(zip(SPLITS, (n_images * 8 // 10, n_images // 10, n_images // 10), strict=True))
+    for split, count in counts.items():
+        pixels = rng.integers(0, 256, (count, *IMAGE_SHAPE), dtype=np.uint8)
+        save_array(project / prepared_images(split), pixels)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    local_s = features_stage_s(project, env)
+    local_bytes = features_bytes(project)
+    with loopback_cluster(cpus_per_node=1) as address:
+        write_params(project, settings | {"cluster.engine": "ray", "cluster.address": address})
+        ray_s = features_stage_s(project, env)
+    if features_bytes(project) != local_bytes:
+        raise SystemExit("features with cluster.engine: ray wrote other bytes than local")
+    return {
+        "ray_vs_local": round(local_s / ray_s, 3),
+        "ray_n_images": sum(counts.values()),
+        "features_local_stage_s": round(local_s, 1),
+        "features_ray_stage_s": round(ray_s, 1),
+    }
+
+
 # --------------------------------------------------------------------------------------------- main
 BF16_SIZE = 64  # px: block5 on 4x4 maps, where padding taps no longer dominate
 
@@ -916,8 +975,18 @@ def main() -> None:
         metavar=("IMAGES", "SIZE"),
         help="instead: the whole pipeline on IMAGES generated images at SIZE px (see RESULTS.md)",
     )
+    parser.add_argument(
+        "--ray-vs-local",
+        action="store_true",
+        help="instead: only the features stage on two loopback Ray nodes against one process",
+    )
     parser.add_argument("child_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ray_vs_local:
+        with tempfile.TemporaryDirectory(prefix="tlpipe-ray-") as tmp:
+            n = MODES["quick" if args.quick else "full"]["ray_n"]
+            print(json.dumps(ray_vs_local(Path(tmp), n)))
+        return
     if args.at_scale:
         with tempfile.TemporaryDirectory(prefix="tlpipe-scale-") as tmp:
             print(json.dumps(pipeline_at_scale(Path(tmp), *args.at_scale)))
@@ -990,6 +1059,7 @@ def main() -> None:
         written_224 = {
             dtype: bytes_per_image_224(workdir, dtype) for dtype in ("float32", "float16")
         }
+        on_ray = ray_vs_local(workdir, sizes["ray_n"])
 
     rss_1x, rss_10x = (rss[k]["peak_rss_mb"] for k in sorted(rss))
     result = {
@@ -1018,7 +1088,9 @@ def main() -> None:
             precision: round(values["efficiency"], 3) for precision, values in precisions.items()
         },
         "bytes_per_image_224": round(sum(written_224[project_params().features.dtype].values())),
+        "ray_vs_local": on_ray["ray_vs_local"],
         # extras
+        **{key: value for key, value in on_ray.items() if key != "ray_vs_local"},
         "mode": mode,
         "n_images": sizes["n_images"],
         "batch_size": batch_size,
@@ -1151,6 +1223,12 @@ def main() -> None:
                 + " (target <= 0.4 x 1.1 MB = 440 KB)",
             )
             for dtype, parts in written_224.items()
+        ),
+        (
+            "features stage, 2 loopback Ray nodes / local",
+            f"{on_ray['features_ray_stage_s']:5.1f}/{on_ray['features_local_stage_s']:.1f} s",
+            f"throughput {on_ray['ray_vs_local']:.3f}x local, {on_ray['ray_n_images']} images "
+            "(same 2 cores: overhead, not speed-up)",
         ),
         (
             "other processes' CPU load",

@@ -9,6 +9,7 @@ weights (random or pretrained) without downloading or re-initialising anything.
 import numpy as np
 
 from tlpipe.backbone import boundary_layer, build_conv_base, split_at
+from tlpipe.cluster import extract_on_cluster, provisional
 from tlpipe.features import check_free_space, compile_forward, extract_features
 from tlpipe.params import load_params
 from tlpipe.paths import (
@@ -60,22 +61,42 @@ def main() -> None:
     check_free_space(FEATURES_DIR, np.dtype(dtype).itemsize * values_per_image * images)
     precision = choose_precision(params.features.precision, stage="features")
     print(f"features: the conv base computes in {precision}")
-    with computing_in(base, precision):  # saved below as float32 layers, whatever computed
-        forward = compile_forward(bottom, top)
-        for split in SPLITS:
-            rate = extract_features(
-                bottom,
-                top,
-                inputs[split],
+    if params.cluster.engine == "ray":
+        # Saved first, the Ray workers load it. The local path saves the model after computing in
+        # `precision`, which leaves every layer its own float32 policy object (the config differs
+        # in bytes, not meaning): the same round trip here gives the same file.
+        with computing_in(base, precision):
+            pass
+        save_model(base, BACKBONE_FILE)
+        with provisional(BACKBONE_FILE):
+            extract_on_cluster(
+                params.cluster.address,
+                inputs,
+                boundary=boundary,
+                boundary_shape=tuple(bottom.output.shape[1:]),
+                head_shape=tuple(top.output.shape[1:]),
                 batch_size=params.features.batch_size,
-                boundary_path=boundary_features(split),
-                head_path=head_features(split),
-                label=split,
                 dtype=dtype,
-                forward=forward,
+                precision=precision,
+                seed=params.seed,
             )
-            print(f"features: {split}: {len(inputs[split])} images at {rate:.0f} img/s")
-    save_model(base, BACKBONE_FILE)
+    else:
+        with computing_in(base, precision):  # saved below as float32 layers, whatever computed
+            forward = compile_forward(bottom, top)
+            for split in SPLITS:
+                rate = extract_features(
+                    bottom,
+                    top,
+                    inputs[split],
+                    batch_size=params.features.batch_size,
+                    boundary_path=boundary_features(split),
+                    head_path=head_features(split),
+                    label=split,
+                    dtype=dtype,
+                    forward=forward,
+                )
+                print(f"features: {split}: {len(inputs[split])} images at {rate:.0f} img/s")
+        save_model(base, BACKBONE_FILE)
     save_json(
         BOUNDARY_INFO_FILE,
         {"boundary_layer": boundary, "unfreeze_from": params.finetune.unfreeze_from},

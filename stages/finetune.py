@@ -35,47 +35,50 @@ from tlpipe.training import (
     build_finetune_models,
     compile_classifier,
     fit_logged,
+    replica_scope,
 )
 
 
 def main() -> None:
     params = load_params()
+    replicas = replica_scope(params.finetune.replicas, key="finetune.replicas")
     seed_everything(params.seed)
-    backbone, head = load_model(BACKBONE_FILE), load_model(HEAD_FILE)
-    boundary = boundary_layer(backbone, params.finetune.unfreeze_from)
-    trainable, full = build_finetune_models(backbone, head, boundary)
+    with replicas:
+        backbone, head = load_model(BACKBONE_FILE), load_model(HEAD_FILE)
+        boundary = boundary_layer(backbone, params.finetune.unfreeze_from)
+        trainable, full = build_finetune_models(backbone, head, boundary)
 
-    if params.finetune.augment:
-        augmentation = build_augmentation(params.seed)
-        model = keras.Sequential(
-            [keras.Input(shape=full.input.shape[1:]), augmentation, full], name="augmented"
-        )
-        source = prepared_images
-        print("finetune: augment is on, so every epoch runs the full model (no boundary cache)")
-    else:
-        model, source = trainable, boundary_features
-    inputs = {split: open_rows(source(split)) for split in ("train", "val")}
-    labels = {split: open_rows(prepared_labels(split)) for split in ("train", "val")}
-    for split in ("train", "val"):
-        check_same_rows({inputs[split].path: inputs[split], labels[split].path: labels[split]})
+        if params.finetune.augment:
+            augmentation = build_augmentation(params.seed)
+            model = keras.Sequential(
+                [keras.Input(shape=full.input.shape[1:]), augmentation, full], name="augmented"
+            )
+            source = prepared_images
+            print("finetune: augment is on, so every epoch runs the full model (no boundary cache)")
+        else:
+            model, source = trainable, boundary_features
+        inputs = {split: open_rows(source(split)) for split in ("train", "val")}
+        labels = {split: open_rows(prepared_labels(split)) for split in ("train", "val")}
+        for split in ("train", "val"):
+            check_same_rows({inputs[split].path: inputs[split], labels[split].path: labels[split]})
 
-    precision = choose_precision(params.finetune.precision, stage="finetune")
-    trained = sum(layer.trainable for layer in trainable.layers[1].layers)
-    print(
-        f"finetune: training {trained} backbone layers from {params.finetune.unfreeze_from} "
-        f"and the head at lr={params.lr:g} in {precision}"
-    )
-    batch_size = params.finetune.batch_size
-    with computing_in(model, precision):  # saved below as float32 layers, whatever trained
-        compile_classifier(model, params.lr)
-        fit_logged(
-            model,
-            batches(inputs["train"], labels["train"], batch_size=batch_size, seed=params.seed),
-            batches(inputs["val"], labels["val"], batch_size=batch_size),
-            epochs=params.finetune.epochs,
-            patience=params.finetune.patience,
-            live_dir=FINETUNE_LIVE_DIR,
+        precision = choose_precision(params.finetune.precision, stage="finetune")
+        trained = sum(layer.trainable for layer in trainable.layers[1].layers)
+        print(
+            f"finetune: training {trained} backbone layers from {params.finetune.unfreeze_from} "
+            f"and the head at lr={params.lr:g} in {precision}"
         )
+        batch_size = params.finetune.batch_size
+        with computing_in(model, precision):  # saved below as float32 layers, whatever trained
+            compile_classifier(model, params.lr)
+            fit_logged(
+                model,
+                batches(inputs["train"], labels["train"], batch_size=batch_size, seed=params.seed),
+                batches(inputs["val"], labels["val"], batch_size=batch_size),
+                epochs=params.finetune.epochs,
+                patience=params.finetune.patience,
+                live_dir=FINETUNE_LIVE_DIR,
+            )
 
     full.compile(loss="categorical_crossentropy", metrics=["accuracy"])
     save_model(full, MODEL_FILE)

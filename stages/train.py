@@ -10,33 +10,37 @@ from tlpipe.paths import HEAD_FILE, TRAIN_LIVE_DIR, head_features, prepared_labe
 from tlpipe.runtime import run_stage, seed_everything
 from tlpipe.storage import check_same_rows, open_rows, save_model
 from tlpipe.streaming import batches
-from tlpipe.training import build_head, compile_classifier, fit_logged
+from tlpipe.training import build_head, compile_classifier, fit_logged, replica_scope
 
 
 def main() -> None:
     params = load_params()
-    seed_everything(params.seed)
     train = params.train
+    replicas = replica_scope(train.replicas, key="train.replicas")  # before TensorFlow starts
+    seed_everything(params.seed)
     features = {split: open_rows(head_features(split)) for split in ("train", "val")}
     labels = {split: open_rows(prepared_labels(split)) for split in ("train", "val")}
     for split in ("train", "val"):
         check_same_rows({features[split].path: features[split], labels[split].path: labels[split]})
 
-    head = build_head(
-        features["train"].shape[1:],
-        labels["train"].shape[1],
-        units=train.units,
-        dropout=train.dropout,
-    )
-    compile_classifier(head, train.lr)
-    fit_logged(
-        head,
-        batches(features["train"], labels["train"], batch_size=train.batch_size, seed=params.seed),
-        batches(features["val"], labels["val"], batch_size=train.batch_size),
-        epochs=train.epochs,
-        patience=train.patience,
-        live_dir=TRAIN_LIVE_DIR,
-    )
+    with replicas:
+        head = build_head(
+            features["train"].shape[1:],
+            labels["train"].shape[1],
+            units=train.units,
+            dropout=train.dropout,
+        )
+        compile_classifier(head, train.lr)
+        fit_logged(
+            head,
+            batches(
+                features["train"], labels["train"], batch_size=train.batch_size, seed=params.seed
+            ),
+            batches(features["val"], labels["val"], batch_size=train.batch_size),
+            epochs=train.epochs,
+            patience=train.patience,
+            live_dir=TRAIN_LIVE_DIR,
+        )
     save_model(head, HEAD_FILE)
 
 

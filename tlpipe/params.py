@@ -186,6 +186,7 @@ class TrainParams(Section):
     units: Count
     dropout: Dropout
     patience: Count
+    replicas: Count  # devices of this machine to train on (tf.distribute.MirroredStrategy)
 
 
 class FinetuneParams(Section):
@@ -195,10 +196,19 @@ class FinetuneParams(Section):
     patience: Count
     augment: Boolean
     precision: Precision  # what the fine-tuned layers compute in
+    replicas: Count  # devices of this machine to train on (tf.distribute.MirroredStrategy)
 
 
 class EvaluateParams(Section):
     batch_size: BatchSize
+
+
+class ClusterParams(Section):
+    """Where `features` runs. Not a features param in dvc.yaml: the outputs are the same bytes
+    either way (tests/test_cluster.py), so switching engines reruns nothing."""
+
+    engine: Literal["local", "ray"]
+    address: Text  # a Ray address (host:port, or auto); read only with engine: ray
 
 
 class Params(Section):
@@ -211,6 +221,7 @@ class Params(Section):
     train: TrainParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
+    cluster: ClusterParams
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

@@ -3,6 +3,7 @@ cross-entropy, early stopping, and curves logged with DVCLive."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import keras
@@ -12,6 +13,37 @@ from dvclive.keras import DVCLiveCallback
 from dvclive.utils import standardize_metric_name
 
 from tlpipe.backbone import split_at
+from tlpipe.runtime import UserError
+
+
+def replica_scope(replicas: int, *, key: str) -> contextlib.AbstractContextManager:
+    """The scope to build, compile and fit models in, for `replicas` devices of this machine.
+
+    1: no scope at all, the single-device path. More: tf.distribute.MirroredStrategy over that
+    many GPUs, or, without GPUs, over that many logical devices carved out of the CPU (each then
+    gets a share of TensorFlow's threads). Each batch of the dataset is the global batch, split
+    between the replicas. Call it before TensorFlow runs any op: devices cannot be reconfigured
+    after. `key` names the param in errors (train.replicas, finetune.replicas).
+    """
+    if replicas == 1:
+        return contextlib.nullcontext()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        if len(gpus) < replicas:
+            raise UserError(
+                f"{key}: got {replicas} but this machine has {len(gpus)} GPUs; "
+                f"expected at most {len(gpus)}"
+            )
+        devices = [f"/gpu:{index}" for index in range(replicas)]
+    else:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)]
+        )
+        devices = [f"/cpu:{index}" for index in range(replicas)]
+    strategy = tf.distribute.MirroredStrategy(devices)
+    print(f"{key}: {replicas} replicas, MirroredStrategy over {', '.join(devices)}")
+    return strategy.scope()
 
 
 def build_head(
