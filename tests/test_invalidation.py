@@ -37,33 +37,34 @@ SEEDED = frozenset({"download", "prepare", "features", "train", "finetune"})
 # THE table. params.yaml key -> (another valid value, the stages that read the key);
 # stages/ or tlpipe/ module -> (None, the stages that import it, directly or through others).
 READERS: dict[str, tuple[object, frozenset[str]]] = {
-    "seed": (7, SEEDED),  # evaluate is not seeded: it only predicts
-    "lr": (3e-5, frozenset({"finetune"})),
-    "data.dataset": ("mnist", frozenset({"download"})),
-    "data.limit": (500, frozenset({"download"})),
-    "data.image_size": (64, frozenset({"download"})),
-    "prepare.image_size": (48, frozenset({"prepare"})),
-    "prepare.val_fraction": (0.15, frozenset({"prepare"})),
-    "prepare.test_fraction": (0.25, frozenset({"prepare"})),
+    # export: the model card lists every key that shapes the model (all but evaluate.*).
+    "seed": (7, SEEDED | {"export"}),  # evaluate is not seeded: it only predicts
+    "lr": (3e-5, frozenset({"finetune", "export"})),
+    "data.dataset": ("mnist", frozenset({"download", "export"})),
+    "data.limit": (500, frozenset({"download", "export"})),
+    "data.image_size": (64, frozenset({"download", "export"})),
+    "prepare.image_size": (48, frozenset({"prepare", "export"})),
+    "prepare.val_fraction": (0.15, frozenset({"prepare", "export"})),
+    "prepare.test_fraction": (0.25, frozenset({"prepare", "export"})),
     # features: the conv base; finetune: models/model.json and `auto`.
-    "backbone.name": ("resnet50", frozenset({"features", "finetune"})),
-    "backbone.weights": ("imagenet", frozenset({"features"})),
-    "features.batch_size": (64, frozenset({"features"})),
-    "features.dtype": ("float16", frozenset({"features"})),
-    "train.epochs": (4, frozenset({"train"})),
-    "train.batch_size": (32, frozenset({"train"})),
-    "train.lr": (5e-4, frozenset({"train"})),
-    "train.units": (128, frozenset({"train"})),
-    "train.dropout": (0.3, frozenset({"train"})),
-    "train.patience": (2, frozenset({"train"})),
-    "finetune.epochs": (3, frozenset({"finetune"})),
-    "finetune.batch_size": (32, frozenset({"finetune"})),
+    "backbone.name": ("resnet50", frozenset({"features", "finetune", "export"})),
+    "backbone.weights": ("imagenet", frozenset({"features", "export"})),
+    "features.batch_size": (64, frozenset({"features", "export"})),
+    "features.dtype": ("float16", frozenset({"features", "export"})),
+    "train.epochs": (4, frozenset({"train", "export"})),
+    "train.batch_size": (32, frozenset({"train", "export"})),
+    "train.lr": (5e-4, frozenset({"train", "export"})),
+    "train.units": (128, frozenset({"train", "export"})),
+    "train.dropout": (0.3, frozenset({"train", "export"})),
+    "train.patience": (2, frozenset({"train", "export"})),
+    "finetune.epochs": (3, frozenset({"finetune", "export"})),
+    "finetune.batch_size": (32, frozenset({"finetune", "export"})),
     "finetune.unfreeze_from": (
         "block4_conv1",
-        frozenset({"features", "finetune"}),
+        frozenset({"features", "finetune", "export"}),
     ),  # the cut is cached by features
-    "finetune.patience": (2, frozenset({"finetune"})),
-    "finetune.augment": (True, frozenset({"finetune"})),
+    "finetune.patience": (2, frozenset({"finetune", "export"})),
+    "finetune.augment": (True, frozenset({"finetune", "export"})),
     "evaluate.batch_size": (64, frozenset({"evaluate"})),
     "stages/download.py": (None, frozenset({"download"})),
     "stages/prepare.py": (None, frozenset({"prepare"})),
@@ -71,6 +72,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "stages/train.py": (None, frozenset({"train"})),
     "stages/finetune.py": (None, frozenset({"finetune"})),
     "stages/evaluate.py": (None, frozenset({"evaluate"})),
+    "stages/export.py": (None, frozenset({"export"})),
     "tlpipe/sources.py": (None, frozenset({"download"})),
     "tlpipe/images.py": (None, frozenset({"download", "prepare"})),  # prepare: via splits.py
     "tlpipe/splits.py": (None, frozenset({"prepare"})),
@@ -78,6 +80,8 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/streaming.py": (None, frozenset({"train", "finetune", "evaluate"})),
     "tlpipe/training.py": (None, frozenset({"train", "finetune"})),
     "tlpipe/report.py": (None, frozenset({"train", "finetune", "evaluate"})),  # via training.py
+    "tlpipe/export.py": (None, frozenset({"export"})),
+    "tlpipe/card.py": (None, frozenset({"export"})),
     # params.py reads the backbone table, so every stage imports these six (normalization.py: the
     # models' first layer, built by backbone.py and registered before storage.py loads a model).
     "tlpipe/normalization.py": (None, STAGES),
