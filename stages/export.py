@@ -23,8 +23,15 @@ from tlpipe.paths import (
     SPLITS,
     prepared_labels,
 )
-from tlpipe.runtime import run_stage
-from tlpipe.storage import atomic_folder, atomic_path, load_array, load_json, load_model
+from tlpipe.runtime import UserError, run_stage
+from tlpipe.storage import (
+    RERUN_HINT,
+    atomic_folder,
+    atomic_path,
+    load_array,
+    load_json,
+    load_model,
+)
 
 
 def size_in_bytes(path: Path) -> int:
@@ -34,29 +41,44 @@ def size_in_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
+def model_info() -> dict:
+    """Input size and class names, written next to the model by `finetune`."""
+    info = load_json(MODEL_INFO_FILE)
+    if not isinstance(info, dict) or not {"image_size", "classes"} <= set(info):
+        raise UserError(
+            f"{MODEL_INFO_FILE}: expected the keys image_size and classes written by the "
+            f"finetune stage; {RERUN_HINT}"
+        )
+    return info
+
+
 def main() -> None:
     use_pure_python_protobuf()  # before TensorFlow loads: see its docstring
     params = load_params()
-    info = load_json(MODEL_INFO_FILE)
+    # Everything the card needs is read first: a missing input stops the stage before the export.
+    info = model_info()
+    metrics, per_class = load_json(METRICS_FILE), load_json(PER_CLASS_FILE)
+    split_sizes = {split: len(load_array(prepared_labels(split))) for split in SPLITS}
     model = load_model(MODEL_FILE)
+
+    size, class_names = info["image_size"], info["classes"]
     with atomic_folder(EXPORT_DIR) as folder:
-        export_model(model, folder, image_size=info["image_size"], class_names=info["classes"])
+        export_model(model, folder, image_size=size, class_names=class_names)
     card = model_card(
         params=params,
-        class_names=info["classes"],
-        image_size=info["image_size"],
-        metrics=load_json(METRICS_FILE),
-        per_class=load_json(PER_CLASS_FILE),
-        split_sizes={split: len(load_array(prepared_labels(split))) for split in SPLITS},
+        class_names=class_names,
+        image_size=size,
+        metrics=metrics,
+        per_class=per_class,
+        split_sizes=split_sizes,
         parameter_count=model.count_params(),
         file_sizes={path.name: size_in_bytes(path) for path in EXPORT_DIR.iterdir()},
     )
     with atomic_path(MODEL_CARD_FILE) as temporary:
         temporary.write_text(card)
-    size = info["image_size"]
     print(
         f"export: SavedModel, LiteRT and ONNX (uint8 images of any size -> {size}x{size} inside, "
-        f"{len(info['classes'])} class probabilities out) -> {EXPORT_DIR}/; {MODEL_CARD_FILE}"
+        f"{len(class_names)} class probabilities out) -> {EXPORT_DIR}/; {MODEL_CARD_FILE}"
     )
 
 
