@@ -154,18 +154,21 @@ def _loading() -> str:
 
 ```python
 import tensorflow as tf  # tensorflow or tensorflow-cpu
+
 serve = tf.saved_model.load("{folder / SAVED_MODEL_NAME}").signatures["serving_default"]
 probabilities = serve(images=tf.constant(batch))["probabilities"].numpy()
 ```
 
 ```python
 from ai_edge_litert.interpreter import Interpreter  # pip install ai-edge-litert
+
 run = Interpreter("{folder / LITERT_NAME}").get_signature_runner("serving_default")
 probabilities = run(images=batch)["probabilities"]
 ```
 
 ```python
 import onnxruntime  # pip install onnxruntime
+
 session = onnxruntime.InferenceSession("{folder / ONNX_NAME}")
 (probabilities,) = session.run(["probabilities"], {{"images": batch}})
 ```
