@@ -32,8 +32,8 @@ def model_card(
     """The card as Markdown. `metrics` is metrics/evaluate.json, `per_class` the report's
     per_class.json, `file_sizes` the bytes of each file (or folder) in models/export/."""
     backbone = params.backbone
-    weights = {"imagenet": "ImageNet", "none": "random (no pretrained weights)"}.get(
-        backbone.weights, f"from {backbone.weights}"
+    weights = {"imagenet": "ImageNet weights", "none": "random weights (no pretraining)"}.get(
+        backbone.weights, f"the weights in {backbone.weights}"
     )
     limit = "all images" if params.data.limit is None else f"at most {params.data.limit}"
     sections = [
@@ -45,7 +45,11 @@ def model_card(
         _table(
             ["", ""],
             [
-                ["backbone", f"`{backbone.name}` (keras.applications, no top), weights {weights}"],
+                [
+                    "backbone",
+                    f"`{backbone.name}` (keras.applications, without its classifier), "
+                    f"starting from {weights}",
+                ],
                 [
                     "head",
                     f"Flatten, Dense({params.train.units}, relu), "
@@ -101,7 +105,8 @@ def _metrics_table(metrics: dict) -> str:
         [label, *(f"{metrics[part][key]:.4f}" if key in metrics[part] else "" for key in keys)]
         for label, part in (("dense head alone", "head"), ("fine-tuned", "finetuned"))
     ]
-    return _table(["model", *(key.replace("_", " ") for key in keys)], rows)
+    header = ["model", "accuracy", "loss", "macro precision", "macro recall", "macro F1"]
+    return _table(header, rows)
 
 
 def _per_class_table(per_class: dict, class_names: list[str]) -> str:
@@ -142,10 +147,13 @@ def _files_table(file_sizes: dict[str, int]) -> str:
         LABELS_NAME: "class names, one a line, in output order",
     }
     rows = [
-        [f"`{EXPORT_DIR / name}`", what, f"{file_sizes[name] / 1e6:.1f} MB"]
-        for name, what in formats.items()
+        [f"`{EXPORT_DIR / name}`", what, _size(file_sizes[name])] for name, what in formats.items()
     ]
     return _table(["file", "what", "size"], rows)
+
+
+def _size(size_in_bytes: int) -> str:
+    return f"{size_in_bytes / 1e6:.1f} MB" if size_in_bytes >= 100_000 else f"{size_in_bytes} bytes"
 
 
 def _loading() -> str:
