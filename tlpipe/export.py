@@ -14,7 +14,7 @@ that lands within about 1e-4 of half a level can round the other way (tests/test
 
 from __future__ import annotations
 
-import heapq
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -164,21 +164,41 @@ def convert_to_onnx(litert: Path, path: Path) -> None:
 def canonical_onnx(model: onnx.ModelProto) -> None:
     """Rename and reorder tf2onnx's graph in place so that one model always gives one file.
 
-    tf2onnx names the constants it folds from a counter that advances in the unordered order its
-    optimisers visit nodes, and sorts the nodes by name: two conversions of the same model differ
-    in those names and in node order only. Constants are renamed after their first consumer and
-    the nodes sorted topologically, ties by name; input and output become `images` and
-    `probabilities`, with named dimensions.
+    tf2onnx's optimisers visit nodes in an order that changes from run to run (sets of objects):
+    the counters in the names of folded constants advance differently, and of two merged
+    duplicates either name may survive. So every name is derived from what it computes instead:
+    a constant from its bytes, a node from its op, attributes and (already canonical) inputs; the
+    nodes are listed in topological order, ties by that name. Input and output become `images`
+    and `probabilities`, with named dimensions.
     """
+    import onnx
+
     graph = model.graph
-    renames = {graph.input[0].name: INPUT_NAME, graph.output[0].name: OUTPUT_NAME}
-    constants = {initializer.name for initializer in graph.initializer}
-    first_use: dict[str, tuple[str, int]] = {}
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            if name in constants:
-                first_use[name] = min(first_use.get(name, (node.name, index)), (node.name, index))
-    renames |= {name: f"{node}/input{index}" for name, (node, index) in first_use.items()}
+    renames = {graph.input[0].name: INPUT_NAME}
+    for tensor in graph.initializer:
+        content = onnx.TensorProto()
+        content.CopyFrom(tensor)
+        content.name = ""
+        digest = hashlib.sha256(content.SerializeToString(deterministic=True)).hexdigest()
+        renames[tensor.name] = f"const_{digest[:16]}"
+    producers = {output for node in graph.node for output in node.output}
+    pending = {id(node): node for node in graph.node}
+    ready: dict[str, Any] = {}  # canonical name -> a node whose inputs all have theirs
+    order: list = []
+    while pending or ready:
+        for node in list(pending.values()):
+            if all(name in renames or name not in producers for name in node.input):
+                digest = hashlib.sha256(_node_key(node, renames)).hexdigest()
+                name = f"{node.op_type}_{digest[:16]}"
+                while name in ready or any(done.name == name for done in order):
+                    name += "_"  # the same computation twice: both kept
+                ready[name] = pending.pop(id(node))
+        name = min(ready)
+        node = ready.pop(name)
+        node.name = name
+        renames |= {output: f"{name}:{index}" for index, output in enumerate(node.output)}
+        order.append(node)
+    renames[graph.output[0].name] = OUTPUT_NAME
     for node in graph.node:
         node.input[:] = [renames.get(name, name) for name in node.input]
         node.output[:] = [renames.get(name, name) for name in node.output]
@@ -188,32 +208,17 @@ def canonical_onnx(model: onnx.ModelProto) -> None:
         dim.dim_param = name
     graph.output[0].type.tensor_type.shape.dim[0].dim_param = INPUT_DIMS[0]
 
-    _replace(graph.node, _topological_order(graph.node))
-    _replace(graph.initializer, sorted(graph.initializer, key=lambda tensor: tensor.name))
+    _replace(graph.node, order)
+    unique = {tensor.name: tensor for tensor in graph.initializer}  # equal bytes: one constant
+    _replace(graph.initializer, [unique[name] for name in sorted(unique)])
     _replace(graph.value_info, sorted(graph.value_info, key=lambda value: value.name))
 
 
-def _topological_order(nodes: Any) -> list:
-    """`nodes` with every node after the nodes it reads from; among ready nodes, by name."""
-    producer = {output: node.name for node in nodes for output in node.output}
-    by_name = {node.name: node for node in nodes}
-    waiting = {
-        node.name: {producer[name] for name in node.input if name in producer} for node in nodes
-    }
-    readers: dict[str, list[str]] = {}
-    for name, inputs in waiting.items():
-        for source in inputs:
-            readers.setdefault(source, []).append(name)
-    ready = sorted(name for name, inputs in waiting.items() if not inputs)
-    order = []
-    while ready:
-        name = heapq.heappop(ready)
-        order.append(by_name[name])
-        for reader in readers.get(name, []):
-            waiting[reader].discard(name)
-            if not waiting[reader]:
-                heapq.heappush(ready, reader)
-    return order
+def _node_key(node: Any, renames: dict[str, str]) -> bytes:
+    """What a node computes: its op, its inputs' canonical names, its attributes."""
+    inputs = ",".join(renames.get(name, name) for name in node.input)
+    head = f"{node.domain}:{node.op_type}:{inputs}:{len(node.output)}:".encode()
+    return head + b"".join(a.SerializeToString(deterministic=True) for a in node.attribute)
 
 
 def _replace(field: Any, items: list) -> None:
