@@ -18,7 +18,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-ALL_STAGES = frozenset({"download", "prepare", "features", "train", "finetune", "evaluate"})
+ALL_STAGES = frozenset(
+    {"download", "prepare", "features", "train", "finetune", "evaluate", "export"}
+)
 # The offline configuration, as small as still learns: for tests that run the pipeline several
 # times.
 OFFLINE = ["-S", "data.dataset=digits", "-S", "backbone.weights=none"]

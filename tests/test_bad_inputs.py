@@ -411,6 +411,17 @@ def garbage_weights_file(root: Path, assets: Assets) -> list[str]:
     return stage("features")
 
 
+def export_before_evaluate(root: Path, assets: Assets) -> list[str]:
+    write_params(root)
+    write_prepared(root)
+    assets.install_model(root)
+    return stage("export")
+
+
+def nothing_exported(root: Path, result: subprocess.CompletedProcess) -> None:
+    assert not (root / "models/export").exists(), "the stage exported before checking its inputs"
+
+
 def predict_without_model(root: Path, assets: Assets) -> list[str]:
     save_images(root / "new", 1)
     return [TLPIPE, "predict", "new"]
@@ -1268,6 +1279,12 @@ CASES = [
             r"^error: backbone\.weights: weights/vgg16_notop\.h5 "
             r"does not hold vgg16 weights without the top \(.+\)$",
         ),
+    ),
+    Case(
+        "export-before-evaluate",
+        export_before_evaluate,
+        (r"^error: metrics/evaluate\.json is missing: run `dvc repro` to create it$",),
+        check=nothing_exported,
     ),
     # tlpipe
     tlpipe_case(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import OFFLINE, TINY, copy_project, run, stages_that_ran
+from tests.helpers import ALL_STAGES, OFFLINE, TINY, copy_project, run, stages_that_ran
 
 # Fine-tuning from block4 (as `make demo` does) so that lr visibly changes the fine-tuned model.
 BASE = [*OFFLINE, *TINY, "-S", "finetune.unfreeze_from=block4_conv1"]
@@ -27,7 +27,7 @@ EVALUATE = "metrics/evaluate.json"
 def sweep(tmp_path_factory) -> tuple[Path, dict[float, str]]:
     """The project after the base run and the two queued experiments; {lr: experiment name}."""
     project = copy_project(tmp_path_factory.mktemp("experiments"))
-    assert len(stages_that_ran(run(["dvc", "exp", "run", *BASE], project).output)) == 6
+    assert stages_that_ran(run(["dvc", "exp", "run", *BASE], project).output) == ALL_STAGES
     run(["git", "add", "-A"], project)
     run([*COMMIT, "base run"], project)
 
@@ -86,7 +86,7 @@ def test_a_learning_rate_sweep_never_reruns_features(sweep):
         for lr, name in names.items()
     }
     assert ran[1e-5] == set()  # same params as the committed base: everything comes from the cache
-    assert ran[1e-4] == {"finetune", "evaluate"}
+    assert ran[1e-4] == {"finetune", "evaluate", "export"}
     # And the features the experiments were fine-tuned on are the base's, byte for byte.
     base_features = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["features"]["outs"]
     for exp in experiments(project):

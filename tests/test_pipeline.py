@@ -45,9 +45,10 @@ def test_demo_then_lr_experiment_reruns_only_finetune_and_evaluate(project: Path
     # Nothing changed: nothing runs.
     assert stages_that_ran(run(["dvc", "repro"], project).output) == set()
 
-    # A new fine-tuning learning rate touches finetune and evaluate only; lr arrives as a float.
+    # A new fine-tuning learning rate touches finetune, evaluate and export only; lr arrives as a
+    # float.
     tuned = run(["dvc", "exp", "run", "-S", "lr=1e-5"], project).output
-    assert stages_that_ran(tuned) == {"finetune", "evaluate"}
+    assert stages_that_ran(tuned) == {"finetune", "evaluate", "export"}
     assert re.search(r"^lr: 1e-05$", (project / "params.yaml").read_text(), re.MULTILINE)
     assert "at lr=1e-05" in tuned
     assert "Data and pipelines are up to date" in run(["dvc", "status"], project).output

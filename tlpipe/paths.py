@@ -34,6 +34,14 @@ TRAIN_LIVE_DIR = Path("metrics/train")
 FINETUNE_LIVE_DIR = Path("metrics/finetune")
 METRICS_FILE = Path("metrics/evaluate.json")
 REPORT_DIR = Path("metrics/report")
+PER_CLASS_FILE = REPORT_DIR / "per_class.json"  # written by report.write_report
+# export: the model for other programs (file names inside EXPORT_DIR) and its model card
+EXPORT_DIR = Path("models/export")
+SAVED_MODEL_NAME = "saved_model"
+LITERT_NAME = "model.tflite"
+ONNX_NAME = "model.onnx"
+LABELS_NAME = "labels.txt"
+MODEL_CARD_FILE = Path("models/MODEL_CARD.md")
 
 
 def raw_images(split: str, folder: Path = RAW_DIR) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -30,7 +31,10 @@ def _stop_now(message: str, signum: int, frame: object) -> None:
     """
     for path in list(TEMPORARIES):
         with contextlib.suppress(OSError):
-            path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     with contextlib.suppress(Exception):  # the handler may run inside a write to stdout
         sys.stdout.flush()
     os.write(2, f"\n{message}\n".encode())

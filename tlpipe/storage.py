@@ -14,6 +14,7 @@ import mmap
 import os
 import re
 import secrets
+import shutil
 import struct
 import zipfile
 from collections.abc import Callable, Iterator, Sized
@@ -84,6 +85,28 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+        TEMPORARIES.discard(temporary)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a new empty folder next to `path`; it replaces `path` only if the block succeeds.
+
+    A folder cannot be renamed onto a non-empty one: the old `path` is deleted just before.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.mkdir()
+    TEMPORARIES.add(temporary)  # deleted by the Ctrl-C handler of run_stage
+    try:
+        yield temporary
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
         TEMPORARIES.discard(temporary)
 
 
