@@ -21,9 +21,11 @@ VGG16 conv base, it measures in one process:
 - finetune_epoch_speedup: one fine-tuning epoch on a full forward pass over images (VGG16 frozen up
   to block4_pool) divided by one epoch of the same model on the cached boundary activations;
 - bf16_features_speedup, bf16_finetune_speedup: bfloat16 (Keras mixed precision, as
-  `features.precision` / `finetune.precision: bfloat16` run it) over float32, at 64 px: features
-  throughput on the same images, and a cached fine-tuning epoch; efficiency_64_by_precision: each
-  precision's features GFLOP/s (real-pixel MACs) over the matmul ceiling of the same dtype;
+  `features.precision` / `finetune.precision: bfloat16` run it) over float32: features
+  throughput on the same images at 64 px, and a cached fine-tuning epoch (block5 and the head) at
+  150 px (`bf16_finetune_speedup`) and at 64 px (`bf16_finetune_speedup_64`);
+  efficiency_64_by_precision: each precision's features GFLOP/s (real-pixel MACs) at 64 px over
+  the matmul ceiling of the same dtype;
 - ray_vs_local: features throughput of the whole stage with `cluster.engine: ray` on two Ray
   nodes on loopback (one CPU each) over `engine: local` in one process, on the same cores
   (`--ray-vs-local` runs only this).
