@@ -998,7 +998,7 @@ CASES = [
         "unknown-key",
         {"train.epocs": 3},
         r"^error: train\.epocs: unknown key; "
-        r"train allows epochs, batch_size, lr, units, dropout, patience$",
+        r"train allows epochs, batch_size, lr, units, dropout, patience, replicas$",
     ),
     params_case(
         "missing-key",
