@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tlpipe.paths import LABELS_NAME, LITERT_NAME, ONNX_NAME, SAVED_MODEL_NAME
 from tlpipe.runtime import UserError
+from tlpipe.startup import CONVERTER_NOTICE, start_up_notices_dropped
 
 if TYPE_CHECKING:
     import keras
@@ -135,7 +136,8 @@ def convert_to_litert(saved_model: Path, path: Path) -> None:
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
-        flatbuffer = converter.convert()
+        with start_up_notices_dropped(CONVERTER_NOTICE):
+            flatbuffer = converter.convert()
     except Exception as error:  # the converter raises its own ConverterError, or others
         raise UserError(f"LiteRT conversion failed: {_first_line(error)}") from None
     path.write_bytes(flatbuffer)
@@ -152,7 +154,8 @@ def convert_to_onnx(litert: Path, path: Path) -> None:
         # tf2onnx reads the flatbuffer's shapes with tf.lite.Interpreter, which warns that it is
         # deprecated: nothing a user of this stage can act on.
         warnings.simplefilter("ignore", UserWarning)
-        model, _ = tf2onnx.convert.from_tflite(str(litert), opset=ONNX_OPSET)
+        with start_up_notices_dropped(CONVERTER_NOTICE):
+            model, _ = tf2onnx.convert.from_tflite(str(litert), opset=ONNX_OPSET)
     canonical_onnx(model)
     try:
         onnx.checker.check_model(model, full_check=True)  # e.g. ops tf2onnx could not convert

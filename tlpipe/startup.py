@@ -43,6 +43,12 @@ START_UP_NOTICE = re.compile(
     rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
     rb"|I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\] "
 )
+# What TensorFlow's LiteRT converter and interpreter print while the export stage converts: the
+# converter's warnings about options it ignores, and the interpreter's XNNPACK delegate notice.
+CONVERTER_NOTICE = re.compile(
+    rb"W\d{4} \d\d:\d\d:\d+\.\d+ +\d+ tf_tfl_flatbuffer_helpers\.cc:\d+\] Ignored "
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
+)
 
 
 def verbose() -> bool:
@@ -100,9 +106,13 @@ class QuietLoader(importlib.abc.Loader):
 
 
 @contextlib.contextmanager
-def start_up_notices_dropped() -> Iterator[None]:
+def start_up_notices_dropped(notice: re.Pattern[bytes] = START_UP_NOTICE) -> Iterator[None]:
     """Send stderr (the file descriptor: C++ writes there directly) to a temporary file for the
-    block, then write back every line that is not a START_UP_NOTICE, in order."""
+    block, then write back every line that does not match `notice`, in order. With
+    TLPIPE_VERBOSE set, nothing is dropped."""
+    if verbose():
+        yield
+        return
     with contextlib.suppress(ValueError, OSError):
         sys.stderr.flush()
     try:
@@ -123,7 +133,7 @@ def start_up_notices_dropped() -> Iterator[None]:
             kept = b"".join(
                 line
                 for line in captured.read().splitlines(keepends=True)
-                if not START_UP_NOTICE.match(line.rstrip(b"\r\n"))
+                if not notice.match(line.rstrip(b"\r\n"))
             )
             with contextlib.suppress(OSError):
                 while kept:
