@@ -136,13 +136,18 @@ def test_predict_prints_its_results_and_one_line_errors_only(model_dir):
     assert verbose.stderr.splitlines()[-1] == error
 
 
-def test_dvc_without_the_venv_on_path_stops_with_one_line(tmp_path):
-    """`.venv/bin/dvc exp run` from a shell where `python` is another interpreter (here a bare venv
-    of the same Python, without the project's packages, first on PATH)."""
+@pytest.mark.parametrize("first_on_path", ["bare venv", "system only"])
+def test_dvc_without_the_venv_on_path_stops_with_one_line(tmp_path, first_on_path):
+    """`.venv/bin/dvc exp run` from a shell where `python3` is another interpreter: a bare venv of
+    the same Python without the project's packages, or the system's (a plain login shell)."""
     bare = tmp_path / "bare"
     subprocess.run([str(VENV_BIN / "python"), "-m", "venv", "--without-pip", str(bare)], check=True)
+    system_path = os.pathsep.join(["/usr/local/bin", "/usr/bin", "/bin"])
+    path = system_path
+    if first_on_path == "bare venv":
+        path = f"{bare / 'bin'}{os.pathsep}{system_path}"
     project = copy_project(tmp_path / "project")
-    env = {**command_env(), "PATH": f"{bare / 'bin'}{os.pathsep}/usr/bin{os.pathsep}/bin"}
+    env = {**command_env(), "PATH": path}
     env.pop("VIRTUAL_ENV", None)
     result = subprocess.run(
         [str(VENV_BIN / "dvc"), "exp", "run", "-S", "lr=1e-5"],
@@ -154,7 +159,10 @@ def test_dvc_without_the_venv_on_path_stops_with_one_line(tmp_path):
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "Traceback" not in output and "ModuleNotFoundError" not in output, output
+    assert "Traceback" not in output and "not found" not in output, output
+    assert "ModuleNotFoundError" not in output, output
     [line] = [line for line in output.splitlines() if line.startswith("error:")]
-    assert line.startswith(f"error: `python` here is {bare / 'bin' / 'python'}, which lacks")
+    interpreter = str(bare / "bin" / "python3") if first_on_path == "bare venv" else ""
+    assert line.startswith(f"error: `python3` here is {interpreter}"), line
+    assert "which lacks the project's packages" in line
     assert "activate the project's venv (`. .venv/bin/activate`)" in line

@@ -143,7 +143,7 @@ def start_up_notices_dropped(notice: re.Pattern[bytes] = START_UP_NOTICE) -> Ite
 def require_project_environment(modules: Sequence[str] = STAGE_MODULES) -> None:
     """Stop with one line if this interpreter lacks the packages every stage imports.
 
-    DVC runs each stage's `python -m stages.<name>` through the shell, so `python` is whichever
+    DVC runs each stage's `python3 -m stages.<name>` through the shell, so `python3` is whichever
     the PATH finds first: calling `.venv/bin/dvc` without activating the venv gives the system's,
     which has none of the project's packages. (The project's own metadata is no test: run in the
     project folder, any Python finds tlpipe.egg-info there.)
@@ -151,7 +151,7 @@ def require_project_environment(modules: Sequence[str] = STAGE_MODULES) -> None:
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
         print(
-            f"error: `python` here is {sys.executable}, which lacks the project's packages "
+            f"error: `python3` here is {sys.executable}, which lacks the project's packages "
             f"(no {', '.join(missing)}): activate the project's venv (`. .venv/bin/activate`) and "
             "run the command again, or use `make demo`",
             file=sys.stderr,
