@@ -3,7 +3,7 @@
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 PYTHON ?= python3
-# Stages run as `python -m stages.<name>`: put the venv first so DVC finds its python.
+# Stages run as `python3 -m stages.<name>`: put the venv first so DVC finds its python3.
 export PATH := $(BIN):$(PATH)
 
 # Offline demo: bundled digits, random-init VGG16. With random weights there is nothing pretrained
