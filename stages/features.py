@@ -62,12 +62,7 @@ def main() -> None:
     precision = choose_precision(params.features.precision, stage="features")
     print(f"features: the conv base computes in {precision}")
     if params.cluster.engine == "ray":
-        # Saved first, the Ray workers load it. The local path saves the model after computing in
-        # `precision`, which leaves every layer its own float32 policy object (the config differs
-        # in bytes, not meaning): the same round trip here gives the same file.
-        with computing_in(base, precision):
-            pass
-        save_model(base, BACKBONE_FILE)
+        save_model(base, BACKBONE_FILE)  # first: the Ray workers load it
         with provisional(BACKBONE_FILE):
             extract_on_cluster(
                 params.cluster.address,
@@ -81,7 +76,7 @@ def main() -> None:
                 seed=params.seed,
             )
     else:
-        with computing_in(base, precision):  # saved below as float32 layers, whatever computed
+        with computing_in(base, precision):  # saved below as float32, whatever it computed in
             forward = compile_forward(bottom, top)
             for split in SPLITS:
                 rate = extract_features(

@@ -96,3 +96,13 @@ def test_fine_tuning_in_bfloat16_trains_float32_weights_and_a_float32_output(bas
             for layer in model.layers
             if not isinstance(layer, keras.Model)
         )
+
+
+def test_a_model_saved_after_computing_in_bfloat16_is_the_float32_file(base, tmp_path):
+    from tlpipe.storage import save_model
+
+    save_model(base, tmp_path / "before.keras")
+    with computing_in(base, "bfloat16"):
+        pass
+    save_model(base, tmp_path / "after.keras")
+    assert (tmp_path / "before.keras").read_bytes() == (tmp_path / "after.keras").read_bytes()

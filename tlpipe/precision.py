@@ -67,7 +67,8 @@ def computing_in(model: keras.Model, precision: Precision) -> Iterator[keras.Mod
 
     The backbone's normalisation and the final classifier layer stay float32, so inputs are
     normalised and probabilities (and the loss) computed at full precision. On leaving, every
-    layer is float32 again, so what is saved afterwards loads and runs as a float32 model.
+    layer has its own float32 policy back (the same object, so a model saved afterwards is the
+    same file as one that never left float32).
     """
     if precision == "float32":
         yield model
@@ -76,13 +77,14 @@ def computing_in(model: keras.Model, precision: Precision) -> Iterator[keras.Mod
     layers = [
         layer for layer in _all_layers(model) if layer is not last and not _keeps_float32(layer)
     ]
+    own_policies = [layer.dtype_policy for layer in layers]
     for layer in layers:
         layer.dtype_policy = MIXED_POLICY[precision]
     try:
         yield model
     finally:
-        for layer in layers:
-            layer.dtype_policy = "float32"
+        for layer, policy in zip(layers, own_policies, strict=True):
+            layer.dtype_policy = policy
 
 
 def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
