@@ -11,6 +11,7 @@ from tlpipe.backbone import build_conv_base, split_at
 from tlpipe.features import compile_forward
 from tlpipe.precision import computing_in, cpu_flags, effective_precision
 from tlpipe.runtime import seed_everything
+from tlpipe.storage import save_model
 from tlpipe.training import build_finetune_models, build_head, compile_classifier
 
 WITH_BF16 = frozenset({"avx512f", "avx512_bf16"})
@@ -99,8 +100,6 @@ def test_fine_tuning_in_bfloat16_trains_float32_weights_and_a_float32_output(bas
 
 
 def test_a_model_saved_after_computing_in_bfloat16_is_the_float32_file(base, tmp_path):
-    from tlpipe.storage import save_model
-
     save_model(base, tmp_path / "before.keras")
     with computing_in(base, "bfloat16"):
         pass
