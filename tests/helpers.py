@@ -117,3 +117,22 @@ def copy_project(root: Path) -> Path:
     run(["git", "init", "-q"], root)
     commit_all(root, "copy")
     return root
+
+
+def save_random_model(root: Path, classes: list[str], *, units: int) -> None:
+    """root/models/model.keras and model.json as finetune writes them: a seeded random-init VGG16
+    at 32 px under a small head, for tests of `tlpipe` that need a model but no pipeline run."""
+    import keras
+
+    from tlpipe.backbone import build_conv_base
+    from tlpipe.runtime import seed_everything
+    from tlpipe.storage import save_json, save_model
+    from tlpipe.training import build_head
+
+    seed_everything(0)
+    base = build_conv_base("vgg16", "none", image_size=32)
+    head = build_head(base.output.shape[1:], len(classes), units=units, dropout=0.5)
+    save_model(keras.Model(base.input, head(base.output)), root / "models/model.keras")
+    save_json(
+        root / "models/model.json", {"backbone": "vgg16", "image_size": 32, "classes": classes}
+    )

@@ -8,17 +8,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import VENV_BIN, run
-from tlpipe.backbone import build_conv_base
+from tests.helpers import VENV_BIN, run, save_random_model
 from tlpipe.images import to_model_input
-from tlpipe.runtime import seed_everything
-from tlpipe.storage import load_model, save_json, save_model
-from tlpipe.training import build_head
+from tlpipe.storage import load_model
 
 CLASSES = ["cat", "dog", "horse"]
 
@@ -27,13 +23,7 @@ CLASSES = ["cat", "dog", "horse"]
 def workdir(tmp_path_factory) -> Path:
     """models/model.keras + model.json (as finetune writes them) and a folder of test images."""
     root = tmp_path_factory.mktemp("cli")
-    seed_everything(0)
-    base = build_conv_base("vgg16", "none", image_size=32)
-    head = build_head(base.output.shape[1:], 3, units=8, dropout=0.5)
-    save_model(keras.Model(base.input, head(base.output)), root / "models/model.keras")
-    save_json(
-        root / "models/model.json", {"backbone": "vgg16", "image_size": 32, "classes": CLASSES}
-    )
+    save_random_model(root, CLASSES, units=8)
     rng = np.random.default_rng(0)
     images = root / "images"
     (images / "nested").mkdir(parents=True)

@@ -13,17 +13,18 @@ import re
 import subprocess
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import SHIPPED_PARAMS, VENV_BIN, command_env, copy_project
-from tlpipe.backbone import build_conv_base
-from tlpipe.runtime import seed_everything
-from tlpipe.storage import save_json, save_model
-from tlpipe.training import build_head
+from tests.helpers import (
+    SHIPPED_PARAMS,
+    VENV_BIN,
+    command_env,
+    copy_project,
+    save_random_model,
+)
 
 # TensorFlow's start-up lines: absl's banner, the oneDNN notice, CPU-feature and cuda notices,
 # tf.data's memory patch, and any line in the C++ log formats (absl's "I1122 22:30:01.123 ..."
@@ -103,13 +104,7 @@ def test_a_stage_failing_after_tensorflow_loads_prints_one_line(prepared, tmp_pa
 def model_dir(tmp_path_factory) -> Path:
     """models/model.keras + model.json as finetune writes them, two images and a broken one."""
     root = tmp_path_factory.mktemp("predict")
-    seed_everything(0)
-    base = build_conv_base("vgg16", "none", image_size=32)
-    head = build_head(base.output.shape[1:], 2, units=4, dropout=0.5)
-    save_model(keras.Model(base.input, head(base.output)), root / "models/model.keras")
-    save_json(
-        root / "models/model.json", {"backbone": "vgg16", "image_size": 32, "classes": ["a", "b"]}
-    )
+    save_random_model(root, ["a", "b"], units=4)
     rng = np.random.default_rng(0)
     (root / "images").mkdir()
     for name in ("one.png", "two.png"):
