@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from tlpipe.paths import BACKBONE_FILE, boundary_features, head_features, prepared_images
-from tlpipe.runtime import TEMPORARIES, UserError
+from tlpipe.runtime import TEMPORARIES, UserError, first_line
 from tlpipe.storage import array_writer, release_rows
 
 SHARDS_PER_WORKER = 4  # enough shards that a slow node does not hold up the end of the run
@@ -244,18 +244,13 @@ def worker_errors(ray: Any, doing: str) -> Iterator[None]:
         if isinstance(error.cause, UserError):
             raise UserError(str(error.cause)) from None
         raise UserError(
-            f"features: a Ray worker failed while {doing}: {_first_line(error)}"
+            f"features: a Ray worker failed while {doing}: {first_line(error)}"
         ) from None
     except ray.exceptions.RayActorError as error:
         raise UserError(
-            f"features: a Ray worker died while {doing} ({_first_line(error)}); no cache was "
+            f"features: a Ray worker died while {doing} ({first_line(error)}); no cache was "
             "finished: rerun `dvc repro` once the cluster is healthy"
         ) from None
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def extract_on_ray(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlpipe.paths import LABELS_NAME, LITERT_NAME, ONNX_NAME, SAVED_MODEL_NAME
-from tlpipe.runtime import UserError
+from tlpipe.runtime import UserError, first_line
 from tlpipe.startup import CONVERTER_NOTICE, start_up_notices_dropped
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ def convert_to_litert(saved_model: Path, path: Path) -> None:
         with start_up_notices_dropped(CONVERTER_NOTICE):
             flatbuffer = converter.convert()
     except Exception as error:  # the converter raises its own ConverterError, or others
-        raise UserError(f"LiteRT conversion failed: {_first_line(error)}") from None
+        raise UserError(f"LiteRT conversion failed: {first_line(error)}") from None
     path.write_bytes(flatbuffer)
 
 
@@ -160,7 +160,7 @@ def convert_to_onnx(litert: Path, path: Path) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)  # e.g. ops tf2onnx could not convert
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        raise UserError(f"ONNX conversion failed: {_first_line(error)}") from None
+        raise UserError(f"ONNX conversion failed: {first_line(error)}") from None
     onnx.save(model, str(path))
 
 
@@ -229,11 +229,6 @@ def _replace(field: Any, items: list) -> None:
     copies = [type(item).FromString(item.SerializeToString()) for item in items]
     del field[:]
     field.extend(copies)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def export_model(

@@ -22,6 +22,12 @@ class UserError(Exception):
     """A problem the user can fix (bad params, missing file, no network): shown as one line."""
 
 
+def first_line(error: Exception) -> str:
+    """The first non-blank line of a library's error message, for a one-line UserError."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def _stop_now(message: str, signum: int, frame: object) -> None:
     """Ctrl-C: delete the half-written outputs and exit at once.
 
