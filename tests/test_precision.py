@@ -3,13 +3,21 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tlpipe.backbone import build_conv_base, split_at
 from tlpipe.features import compile_forward
-from tlpipe.precision import computing_in, cpu_flags, effective_precision
+from tlpipe.precision import (
+    computing_in,
+    cpu_flags,
+    effective_precision,
+    filter_gradient_by_taps,
+)
 from tlpipe.runtime import seed_everything
 from tlpipe.storage import save_model
 from tlpipe.training import build_finetune_models, build_head, compile_classifier
@@ -105,3 +113,81 @@ def test_a_model_saved_after_computing_in_bfloat16_is_the_float32_file(base, tmp
         pass
     save_model(base, tmp_path / "after.keras")
     assert (tmp_path / "before.keras").read_bytes() == (tmp_path / "after.keras").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "kernel_size", "padding"),
+    [
+        (9, 9, (3, 3), "same"),  # VGG16's block5 at 150 px
+        (2, 2, (3, 3), "same"),  # and at 32 px: most taps are padding
+        (5, 7, (3, 3), "valid"),
+        (4, 4, (2, 2), "same"),  # even kernels pad less on the top and left
+        (7, 6, (4, 3), "valid"),
+        (6, 5, (1, 1), "same"),
+        (3, 3, (5, 5), "same"),  # a kernel wider than the image
+    ],
+)
+def test_filter_gradient_by_taps_is_the_convolutions_kernel_gradient(
+    height, width, kernel_size, padding
+):
+    rng = np.random.default_rng(height * width)
+    inputs = tf.constant(rng.normal(size=(3, height, width, 4)), tf.float32)
+    kernel = tf.Variable(rng.normal(size=(*kernel_size, 4, 5)), dtype=tf.float32)
+    outputs_shape = tf.nn.conv2d(inputs, kernel, 1, padding.upper()).shape
+    output_gradient = tf.constant(rng.normal(size=outputs_shape), tf.float32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.nn.conv2d(inputs, kernel, 1, padding.upper()) * output_gradient)
+    expected = tape.gradient(loss, kernel).numpy()
+    got = filter_gradient_by_taps(inputs, output_gradient, kernel_size, padding).numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def gradient_ops(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[Counter, list]:
+    """How many ops of each type the graph computing `model`'s loss gradients has; the gradients."""
+
+    @tf.function
+    def gradients(x, y):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.categorical_crossentropy(y, model(x, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    graph = gradients.get_concrete_function(x, y).graph
+    return Counter(op.type for op in graph.get_operations()), [g.numpy() for g in gradients(x, y)]
+
+
+def test_bfloat16_training_takes_filter_gradients_from_matmuls_and_gives_the_layers_back():
+    seed_everything(0)
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(9, 9, 16)),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(8, 3, strides=2, activation="relu"),  # stride 2: left as it is
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 9, 9, 16)).astype(np.float32)
+    y = keras.utils.to_categorical(np.arange(8) % 3, 3)
+    float32_ops, float32_gradients = gradient_ops(model, x, y)
+    with computing_in(model, "bfloat16"):
+        bfloat16_ops, bfloat16_gradients = gradient_ops(model, x, y)
+        stride_one, stride_two = model.layers[0], model.layers[1]
+        assert "convolution_op" in vars(stride_one) and "convolution_op" not in vars(stride_two)
+    # float32 keeps TensorFlow's kernels; in bfloat16 the stride-1 layer's filter gradient is
+    # nine matmuls, one per tap of its 3x3 kernel
+    assert float32_ops["Conv2DBackpropFilter"] == 2 and bfloat16_ops["Conv2DBackpropFilter"] == 1
+    assert bfloat16_ops["MatMul"] == float32_ops["MatMul"] + 9
+    assert not any("convolution_op" in vars(layer) for layer in model.layers)
+    # TensorFlow's own bfloat16 kernels, for comparison: the same policies, no tap gradient
+    for layer in model.layers[:-1]:
+        layer.dtype_policy = "mixed_bfloat16"
+    _, tensorflow_bfloat16_gradients = gradient_ops(model, x, y)
+    for by_taps, by_tensorflow, full in zip(
+        bfloat16_gradients, tensorflow_bfloat16_gradients, float32_gradients, strict=True
+    ):
+        assert by_taps.dtype == np.float32
+        error, tensorflow_error = (np.abs(g - full).mean() for g in (by_taps, by_tensorflow))
+        assert 0 < error <= 1.1 * tensorflow_error  # as close to float32 as bfloat16 gets
+        assert error < 0.06 * np.abs(full).mean()
