@@ -24,6 +24,8 @@ VGG16 conv base, it measures in one process:
   `features.precision` / `finetune.precision: bfloat16` run it) over float32: features
   throughput on the same images at 64 px, and a cached fine-tuning epoch (block5 and the head) at
   150 px (`bf16_finetune_speedup`) and at 64 px (`bf16_finetune_speedup_64`);
+  filter_gradient_ms: one block5 filter gradient at 150 px in TensorFlow's float32 and bfloat16
+  kernels and in the per-tap matmuls bfloat16 training uses instead (tlpipe/precision.py);
   efficiency_64_by_precision: each precision's features GFLOP/s (real-pixel MACs) at 64 px over
   the matmul ceiling of the same dtype;
 - ray_vs_local: features throughput of the whole stage with `cluster.engine: ray` on two Ray
@@ -72,6 +74,7 @@ NAIVE_BATCH = 20
 CLASSES = 10
 UNFREEZE_FROM = "block5_conv1"
 MATMUL_SIZE = 4096
+CEILING_ROUNDS = 20  # extra matmuls for each ceiling: see matmul_seconds
 
 MODES = {
     # images for the throughput runs, repetitions, N for the RSS children, images (<= n_images) and
@@ -256,6 +259,16 @@ def matmul_run(dtype: str = "float32") -> Callable[[], object]:
     for _ in range(2):
         tf.linalg.matmul(a, b)  # warm-up: thread pools, oneDNN primitive cache
     return lambda: tf.linalg.matmul(a, b)  # eager CPU ops return once computed
+
+
+def matmul_seconds(dtype: str, rounds: int, within_rounds: float) -> float:
+    """The shortest MATMUL_SIZE^2 matmul in `dtype`: the fastest of `rounds` more, and of the
+    `within_rounds` seconds best_of measured it in while alternating it with other work. One takes
+    well under a second, so these extra rounds are cheap and find the ceiling through the machine's
+    slow spells, which a few rounds a minute apart can all hit (an efficiency above 1 is what a
+    ceiling measured in a slow spell looks like)."""
+    run = matmul_run(dtype)
+    return min(within_rounds, best_of({dtype: run}, rounds)[dtype])
 
 
 def rss_child(images_path: Path, batch_size: int, workdir: Path) -> None:
@@ -857,6 +870,46 @@ BF16_SIZE = 64  # px: block5 on 4x4 maps, where padding taps no longer dominate
 FINETUNE_BF16_SIZES = (BF16_SIZE, SCALE_SIZE)  # block5 on 4x4 and on 9x9 maps
 
 
+def filter_gradient_kernels(reps: int, batch_size: int) -> dict[str, float]:
+    """Seconds for one filter gradient of VGG16's block5 convolutions at 150 px (9x9x512 in and
+    out, 3x3 kernel) for a batch: TensorFlow's own kernel in float32 and in bfloat16, and
+    `tlpipe.precision.filter_gradient_by_taps` in bfloat16, which bfloat16 training uses; the
+    three alternate."""
+    import tensorflow as tf
+
+    from tlpipe.precision import filter_gradient_by_taps
+
+    shape = (batch_size, 9, 9, 512)
+    inputs = tf.random.stateless_normal(shape, seed=(5, 6))
+    output_gradient = tf.random.stateless_normal(shape, seed=(7, 8))
+
+    def tensorflow_kernel(dtype: str) -> Callable[[], object]:
+        x, dy = tf.cast(inputs, dtype), tf.cast(output_gradient, dtype)
+        run = tf.function(
+            lambda: tf.raw_ops.Conv2DBackpropFilter(
+                input=x,
+                filter_sizes=(3, 3, 512, 512),
+                out_backprop=dy,
+                strides=(1, 1, 1, 1),
+                padding="SAME",
+            )
+        )
+        run()  # traces, and warms oneDNN's primitive cache
+        return lambda: run().numpy()
+
+    x, dy = tf.cast(inputs, "bfloat16"), tf.cast(output_gradient, "bfloat16")
+    taps = tf.function(lambda: filter_gradient_by_taps(x, dy, (3, 3), "same"))
+    taps()
+    return best_of(
+        {
+            "tensorflow_float32": tensorflow_kernel("float32"),
+            "tensorflow_bfloat16": tensorflow_kernel("bfloat16"),
+            "taps_bfloat16": lambda: taps().numpy(),
+        },
+        reps,
+    )
+
+
 def bfloat16_vs_float32(
     workdir: Path, *, n: int, finetune_n: int, reps: int, batch_size: int, finetune_batch: int
 ) -> dict[str, float]:
@@ -946,7 +999,8 @@ def bfloat16_vs_float32(
     result = {}
     for precision in ("float32", "bfloat16"):
         img_s = n / best[f"features_{precision}"]
-        ceiling = 2 * MATMUL_SIZE**3 / best[f"matmul_{precision}"] / 1e9
+        matmul_s = matmul_seconds(precision, CEILING_ROUNDS, best[f"matmul_{precision}"])
+        ceiling = 2 * MATMUL_SIZE**3 / matmul_s / 1e9
         result[precision] = {
             "features_img_s": img_s,
             **{
@@ -1036,7 +1090,8 @@ def main() -> None:
             {"naive": naive, "pipeline": pipeline, "ceiling": matmul_run()}, sizes["reps"]
         )
         naive_img_s, pipeline_img_s = len(images) / best["naive"], len(images) / best["pipeline"]
-        ceiling_gflops = 2 * MATMUL_SIZE**3 / best["ceiling"] / 1e9
+        matmul_s = matmul_seconds("float32", CEILING_ROUNDS, best["ceiling"])
+        ceiling_gflops = 2 * MATMUL_SIZE**3 / matmul_s / 1e9
         max_abs_diff = float(np.max(np.abs(np.load(head_path) - naive_out)))
         scale = float(np.max(np.abs(naive_out))) or 1.0
         if max_abs_diff > 1e-4 * scale:
@@ -1065,6 +1120,7 @@ def main() -> None:
             batch_size=batch_size,
             finetune_batch=finetune_batch,
         )
+        filter_gradient_s = filter_gradient_kernels(reps=10, batch_size=finetune_batch)
         stage_rss = measure_stage_rss(mode, workdir)
         written_224 = {
             dtype: bytes_per_image_224(workdir, dtype) for dtype in ("float32", "float16")
@@ -1100,6 +1156,9 @@ def main() -> None:
             / precisions["bfloat16"]["finetune_epoch_s_64"],
             2,
         ),
+        "filter_gradient_ms": {
+            kernel: round(1000 * seconds, 1) for kernel, seconds in filter_gradient_s.items()
+        },
         "efficiency_64_by_precision": {
             precision: round(values["efficiency"], 3) for precision, values in precisions.items()
         },
@@ -1231,6 +1290,13 @@ def main() -> None:
                 + (" (target >= 1.5)" if size == SCALE_SIZE else ""),
             )
             for size in FINETUNE_BF16_SIZES
+        ),
+        (
+            "block5 filter gradient at 150 px, f32 / bf16",
+            f"{1000 * filter_gradient_s['tensorflow_float32']:4.0f}/"
+            f"{1000 * filter_gradient_s['tensorflow_bfloat16']:.0f} ms",
+            f"TensorFlow's kernel, batch {finetune_batch}; bf16 by taps (used in training) "
+            f"{1000 * filter_gradient_s['taps_bfloat16']:.0f} ms",
         ),
         *(
             (
