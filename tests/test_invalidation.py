@@ -71,7 +71,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     ),  # the cut is cached by features
     "finetune.patience": (2, frozenset({"finetune", "export"})),
     "finetune.augment": (True, frozenset({"finetune", "export"})),
-    "finetune.precision": ("float32", frozenset({"finetune", "export"})),
+    "finetune.precision": ("bfloat16", frozenset({"finetune", "export"})),
     "finetune.replicas": (2, frozenset({"finetune", "export"})),
     "evaluate.batch_size": (64, frozenset({"evaluate"})),
     "stages/download.py": (None, frozenset({"download"})),
