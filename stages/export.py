@@ -23,14 +23,14 @@ from tlpipe.paths import (
     SPLITS,
     prepared_labels,
 )
-from tlpipe.runtime import UserError, run_stage
+from tlpipe.runtime import run_stage
 from tlpipe.storage import (
-    RERUN_HINT,
     atomic_folder,
     atomic_path,
     load_array,
     load_json,
     load_model,
+    load_model_info,
 )
 
 
@@ -41,22 +41,11 @@ def size_in_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
-def model_info() -> dict:
-    """Input size and class names, written next to the model by `finetune`."""
-    info = load_json(MODEL_INFO_FILE)
-    if not isinstance(info, dict) or not {"image_size", "classes"} <= set(info):
-        raise UserError(
-            f"{MODEL_INFO_FILE}: expected the keys image_size and classes written by the "
-            f"finetune stage; {RERUN_HINT}"
-        )
-    return info
-
-
 def main() -> None:
     use_pure_python_protobuf()  # before TensorFlow loads: see its docstring
     params = load_params()
     # Everything the card needs is read first: a missing input stops the stage before the export.
-    info = model_info()
+    info = load_model_info(MODEL_INFO_FILE)
     metrics, per_class = load_json(METRICS_FILE), load_json(PER_CLASS_FILE)
     split_sizes = {split: len(load_array(prepared_labels(split))) for split in SPLITS}
     model = load_model(MODEL_FILE)

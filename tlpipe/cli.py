@@ -19,7 +19,7 @@ import numpy as np
 from tlpipe.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, read_image
 from tlpipe.paths import MODEL_FILE
 from tlpipe.runtime import UserError, run_stage
-from tlpipe.storage import load_json, load_model
+from tlpipe.storage import load_model, load_model_info
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,13 +128,7 @@ def model_info(model_path: Path) -> dict:
             f"{info_path} is missing: it is written with {model_path} by the finetune stage "
             "(run `dvc repro`)"
         )
-    info = load_json(info_path)
-    if not isinstance(info, dict) or not {"backbone", "image_size", "classes"} <= set(info):
-        raise UserError(
-            f"{info_path}: expected the keys backbone, image_size and classes written by the "
-            "finetune stage; run `dvc repro`"
-        )
-    return info
+    return load_model_info(info_path)
 
 
 def predict(args: argparse.Namespace) -> int:

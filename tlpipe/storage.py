@@ -96,9 +96,10 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    for stale in path.parent.glob(f".{path.stem}.tmp-*{path.suffix}"):
+        if _writer_is_gone(stale):  # a killed run's, not a running writer's (see atomic_path)
+            shutil.rmtree(stale, ignore_errors=True)
+    temporary = _temporary_name(path)
     temporary.mkdir()
     TEMPORARIES.add(temporary)  # deleted by the Ctrl-C handler of run_stage
     try:
@@ -108,6 +109,18 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
         TEMPORARIES.discard(temporary)
+
+
+def load_model_info(path: Path) -> dict:
+    """models/model.json as `finetune` writes it: backbone, image_size (the model's input) and
+    classes (names in output order)."""
+    info = load_json(path)
+    if not isinstance(info, dict) or not {"backbone", "image_size", "classes"} <= set(info):
+        raise UserError(
+            f"{path}: expected the keys backbone, image_size and classes written by the "
+            "finetune stage; run `dvc repro`"
+        )
+    return info
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
