@@ -1128,6 +1128,11 @@ def main() -> None:
         on_ray = ray_vs_local(workdir, sizes["ray_n"])
 
     rss_1x, rss_10x = (rss[k]["peak_rss_mb"] for k in sorted(rss))
+    bf16_finetune_speedups = {
+        size: precisions["float32"][f"finetune_epoch_s_{size}"]
+        / precisions["bfloat16"][f"finetune_epoch_s_{size}"]
+        for size in FINETUNE_BF16_SIZES
+    }
     result = {
         "naive_img_s": round(naive_img_s, 1),
         "pipeline_img_s": round(pipeline_img_s, 1),
@@ -1146,16 +1151,8 @@ def main() -> None:
         "bf16_features_speedup": round(
             precisions["bfloat16"]["features_img_s"] / precisions["float32"]["features_img_s"], 2
         ),
-        "bf16_finetune_speedup": round(
-            precisions["float32"]["finetune_epoch_s_150"]
-            / precisions["bfloat16"]["finetune_epoch_s_150"],
-            2,
-        ),
-        "bf16_finetune_speedup_64": round(
-            precisions["float32"]["finetune_epoch_s_64"]
-            / precisions["bfloat16"]["finetune_epoch_s_64"],
-            2,
-        ),
+        "bf16_finetune_speedup": round(bf16_finetune_speedups[SCALE_SIZE], 2),
+        "bf16_finetune_speedup_64": round(bf16_finetune_speedups[BF16_SIZE], 2),
         "filter_gradient_ms": {
             kernel: round(1000 * seconds, 1) for kernel, seconds in filter_gradient_s.items()
         },
@@ -1203,11 +1200,6 @@ def main() -> None:
         "wall_s": round(time.perf_counter() - wall_started, 1),
     }
 
-    bf16_finetune_speedups = {
-        size: precisions["float32"][f"finetune_epoch_s_{size}"]
-        / precisions["bfloat16"][f"finetune_epoch_s_{size}"]
-        for size in FINETUNE_BF16_SIZES
-    }
     rows = [
         ("naive loop, predict() x batch 20", f"{naive_img_s:8.1f} img/s", ""),
         (
