@@ -15,12 +15,15 @@ from tlpipe.export import export_model, use_pure_python_protobuf
 from tlpipe.params import load_params
 from tlpipe.paths import (
     EXPORT_DIR,
+    FEATURES_COMPUTE_FILE,
+    FINETUNE_COMPUTE_FILE,
     METRICS_FILE,
     MODEL_CARD_FILE,
     MODEL_FILE,
     MODEL_INFO_FILE,
     PER_CLASS_FILE,
     SPLITS,
+    TRAIN_COMPUTE_FILE,
     prepared_labels,
 )
 from tlpipe.runtime import run_stage
@@ -48,6 +51,14 @@ def main() -> None:
     info = load_model_info(MODEL_INFO_FILE)
     metrics, per_class = load_json(METRICS_FILE), load_json(PER_CLASS_FILE)
     split_sizes = {split: len(load_array(prepared_labels(split))) for split in SPLITS}
+    computed_on = {
+        stage: load_json(path)
+        for stage, path in (
+            ("features", FEATURES_COMPUTE_FILE),
+            ("train", TRAIN_COMPUTE_FILE),
+            ("finetune", FINETUNE_COMPUTE_FILE),
+        )
+    }
     model = load_model(MODEL_FILE)
 
     size, class_names = info["image_size"], info["classes"]
@@ -62,6 +73,7 @@ def main() -> None:
         split_sizes=split_sizes,
         parameter_count=model.count_params(),
         file_sizes={path.name: size_in_bytes(path) for path in EXPORT_DIR.iterdir()},
+        computed_on=computed_on,
     )
     with atomic_path(MODEL_CARD_FILE) as temporary:
         temporary.write_text(card)

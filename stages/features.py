@@ -10,11 +10,13 @@ import numpy as np
 
 from tlpipe.backbone import boundary_layer, build_conv_base, split_at
 from tlpipe.cluster import extract_on_cluster, provisional
+from tlpipe.cpu import compute_record, usable_cores
 from tlpipe.features import check_free_space, compile_forward, extract_features
 from tlpipe.params import load_params
 from tlpipe.paths import (
     BACKBONE_FILE,
     BOUNDARY_INFO_FILE,
+    FEATURES_COMPUTE_FILE,
     FEATURES_DIR,
     SPLITS,
     boundary_features,
@@ -64,7 +66,7 @@ def main() -> None:
     if params.cluster.engine == "ray":
         save_model(base, BACKBONE_FILE)  # first: the Ray workers load it
         with provisional(BACKBONE_FILE):
-            extract_on_cluster(
+            nodes = extract_on_cluster(
                 params.cluster.address,
                 inputs,
                 boundary=boundary,
@@ -75,6 +77,7 @@ def main() -> None:
                 precision=precision,
                 seed=params.seed,
             )
+        computed_on = {"engine": "ray", "nodes": nodes}
     else:
         with computing_in(base, precision):  # saved below as float32, whatever it computed in
             forward = compile_forward(bottom, top)
@@ -92,6 +95,12 @@ def main() -> None:
                 )
                 print(f"features: {split}: {len(inputs[split])} images at {rate:.0f} img/s")
         save_model(base, BACKBONE_FILE)
+        # All usable cores: with oneDNN the caches do not depend on the count (docs/trusted.md).
+        computed_on = {
+            "engine": "local",
+            **compute_record(threads=usable_cores(), precision=precision),
+        }
+    save_json(FEATURES_COMPUTE_FILE, computed_on)
     save_json(
         BOUNDARY_INFO_FILE,
         {"boundary_layer": boundary, "unfreeze_from": params.finetune.unfreeze_from},

@@ -13,9 +13,11 @@ metrics/finetune/ with DVCLive.
 import keras
 
 from tlpipe.backbone import boundary_layer
+from tlpipe.cpu import compute_record
 from tlpipe.params import load_params
 from tlpipe.paths import (
     BACKBONE_FILE,
+    FINETUNE_COMPUTE_FILE,
     FINETUNE_LIVE_DIR,
     HEAD_FILE,
     MODEL_FILE,
@@ -27,7 +29,7 @@ from tlpipe.paths import (
     prepared_labels,
 )
 from tlpipe.precision import choose_precision, computing_in
-from tlpipe.runtime import run_stage, seed_everything
+from tlpipe.runtime import run_stage, seed_everything, use_threads
 from tlpipe.storage import check_same_rows, load_json, load_model, open_rows, save_json, save_model
 from tlpipe.streaming import batches
 from tlpipe.training import (
@@ -41,6 +43,7 @@ from tlpipe.training import (
 
 def main() -> None:
     params = load_params()
+    threads = use_threads(params.thread_count)  # the weights depend on it: params `threads`
     replicas = replica_scope(params.finetune.replicas, key="finetune.replicas")
     seed_everything(params.seed)
     with replicas:
@@ -88,6 +91,7 @@ def main() -> None:
         "classes": load_json(classes_file(PREPARED_DIR)),
     }
     save_json(MODEL_INFO_FILE, model_info)
+    save_json(FINETUNE_COMPUTE_FILE, compute_record(threads=threads, precision=precision))
 
 
 if __name__ == "__main__":

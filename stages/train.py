@@ -5,10 +5,17 @@ stopping; writes models/head.keras and per-epoch loss/accuracy (train and val) t
 with DVCLive.
 """
 
+from tlpipe.cpu import compute_record
 from tlpipe.params import load_params
-from tlpipe.paths import HEAD_FILE, TRAIN_LIVE_DIR, head_features, prepared_labels
-from tlpipe.runtime import run_stage, seed_everything
-from tlpipe.storage import check_same_rows, open_rows, save_model
+from tlpipe.paths import (
+    HEAD_FILE,
+    TRAIN_COMPUTE_FILE,
+    TRAIN_LIVE_DIR,
+    head_features,
+    prepared_labels,
+)
+from tlpipe.runtime import run_stage, seed_everything, use_threads
+from tlpipe.storage import check_same_rows, open_rows, save_json, save_model
 from tlpipe.streaming import batches
 from tlpipe.training import build_head, compile_classifier, fit_logged, replica_scope
 
@@ -16,6 +23,7 @@ from tlpipe.training import build_head, compile_classifier, fit_logged, replica_
 def main() -> None:
     params = load_params()
     train = params.train
+    threads = use_threads(params.thread_count)  # the weights depend on it: params `threads`
     replicas = replica_scope(train.replicas, key="train.replicas")  # before TensorFlow starts
     seed_everything(params.seed)
     features = {split: open_rows(head_features(split)) for split in ("train", "val")}
@@ -42,6 +50,7 @@ def main() -> None:
             live_dir=TRAIN_LIVE_DIR,
         )
     save_model(head, HEAD_FILE)
+    save_json(TRAIN_COMPUTE_FILE, compute_record(threads=threads))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import tlpipe  # noqa: F401  first: oneDNN on before any test module imports TensorFlow
 from tests.helpers import SHIPPED_PARAMS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -42,6 +42,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     # export: the model card lists every key that shapes the model (all but evaluate.*).
     "seed": (7, SEEDED | {"export"}),  # evaluate is not seeded: it only predicts
     "lr": (3e-5, frozenset({"finetune", "export"})),
+    "threads": (1, frozenset({"train", "finetune", "export"})),  # trained weights depend on it
     "data.dataset": ("mnist:3.0.1", frozenset({"download", "export"})),
     # the dvc.yaml dep ${data.folder}: another path, another dependency
     "data.folder": ("params.schema.json", frozenset({"download", "export"})),
@@ -99,6 +100,8 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/params.py": (None, STAGES),
     "tlpipe/paths.py": (None, STAGES),
     "tlpipe/runtime.py": (None, STAGES),
+    # cpu.py: through runtime.py; it also turns oneDNN on before TensorFlow loads (tlpipe/__init__)
+    "tlpipe/cpu.py": (None, STAGES),
     "tlpipe/storage.py": (None, STAGES),
     # The `tlpipe` command (predict, summary, review): no stage imports it, it reads the
     # pipeline's outputs; review.py runs the pipeline through DVC.
@@ -201,14 +204,23 @@ def test_imports_run_one_way():
         assert module not in imported, f"{module} imports itself through a loop"
 
 
-def test_package_inits_only_quiet_tensorflow_and_check_the_interpreter():
-    """The package inits (and startup.py, which they call) stay out of every stage's deps only
-    while they cannot change an output; startup.py stays standard-library only, so importing
-    tlpipe stays light and works under any `python`."""
+def test_package_inits_only_choose_kernels_quiet_tensorflow_and_check_the_interpreter():
+    """The package inits run before every stage. They may quiet TensorFlow's start-up and check
+    the interpreter (startup.py: stderr and exit status only, so no stage declares it), and turn
+    oneDNN on (cpu.py: that changes results, so every stage declares cpu.py). Both modules stay
+    standard-library only, so importing tlpipe stays light and works under any `python`."""
     quiet = "quiet_tensorflow_start_up"
     check = "require_project_environment"
     for init, expected in (
-        ("tlpipe/__init__.py", [f"from tlpipe.startup import {quiet}", f"{quiet}()"]),
+        (
+            "tlpipe/__init__.py",
+            [
+                "from tlpipe.cpu import use_onednn",
+                f"from tlpipe.startup import {quiet}",
+                "use_onednn()",
+                f"{quiet}()",
+            ],
+        ),
         (
             "stages/__init__.py",
             [f"from tlpipe.startup import {quiet}, {check}", f"{check}()", f"{quiet}()"],
@@ -222,12 +234,16 @@ def test_package_inits_only_quiet_tensorflow_and_check_the_interpreter():
             if not (isinstance(node, docstring[0]) and isinstance(node.value, docstring[1]))
         ]
         assert code == expected, (
-            f"{init} runs before every stage: if it does more than quiet TensorFlow's start-up and "
-            "check the interpreter, add it to every stage's deps in dvc.yaml and to all stages in "
-            "READERS"
+            f"{init} runs before every stage: if it does more than choose the CPU kernels, quiet "
+            "TensorFlow's start-up and check the interpreter, add it to every stage's deps in "
+            "dvc.yaml and to all stages in READERS"
         )
-    imported = imported_names(ast.parse((REPO / "tlpipe/startup.py").read_text()))
-    assert {name.split(".")[0] for name in imported} <= sys.stdlib_module_names | {"__future__"}
+    assert READERS["tlpipe/cpu.py"] == (None, STAGES)
+    for module in ("tlpipe/startup.py", "tlpipe/cpu.py"):
+        imported = imported_names(ast.parse((REPO / module).read_text()))
+        assert {name.split(".")[0] for name in imported} <= sys.stdlib_module_names | {
+            "__future__"
+        }, module
 
 
 def test_data_paths_in_dvc_yaml_are_those_of_tlpipe_paths():

@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 
 from tlpipe.backbone import build_conv_base, split_at
+from tlpipe.cpu import cpu_flags
 from tlpipe.features import compile_forward
 from tlpipe.precision import (
     computing_in,
-    cpu_flags,
     effective_precision,
     filter_gradient_by_taps,
 )

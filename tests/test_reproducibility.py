@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from tests.helpers import ALL_STAGES, OFFLINE, TINY, copy_project, run, stages_that_ran
-from tlpipe.precision import cpu_flags, effective_precision
+from tlpipe.cpu import cpu_flags
+from tlpipe.precision import effective_precision
 
 
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])

@@ -15,7 +15,17 @@ from tlpipe.params import Params
 from tlpipe.paths import EXPORT_DIR, LABELS_NAME, LITERT_NAME, ONNX_NAME, SAVED_MODEL_NAME
 
 # The params.yaml sections that shape the model (evaluate's batch size does not).
-MODEL_PARAMS = ("seed", "lr", "data", "prepare", "backbone", "features", "train", "finetune")
+MODEL_PARAMS = (
+    "seed",
+    "threads",
+    "lr",
+    "data",
+    "prepare",
+    "backbone",
+    "features",
+    "train",
+    "finetune",
+)
 
 
 def model_card(
@@ -28,9 +38,11 @@ def model_card(
     split_sizes: dict[str, int],
     parameter_count: int,
     file_sizes: dict[str, int],
+    computed_on: dict[str, dict],
 ) -> str:
     """The card as Markdown. `metrics` is metrics/evaluate.json, `per_class` the report's
-    per_class.json, `file_sizes` the bytes of each file (or folder) in models/export/."""
+    per_class.json, `file_sizes` the bytes of each file (or folder) in models/export/,
+    `computed_on` each computing stage's compute.json (features, train, finetune)."""
     backbone = params.backbone
     weights = {"imagenet": "ImageNet weights", "none": "random weights (no pretraining)"}.get(
         backbone.weights, f"the weights in {backbone.weights}"
@@ -79,6 +91,8 @@ def model_card(
             {key: params.model_dump(mode="json")[key] for key in MODEL_PARAMS}, sort_keys=False
         )
         + "```",
+        "## Computed on",
+        _computed_on(computed_on),
         f"## Test scores ({split_sizes['test']} images)",
         _metrics_table(metrics),
         "Per class, fine-tuned model:\n\n" + _per_class_table(per_class, class_names),
@@ -97,6 +111,30 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _computed_on(computed_on: dict[str, dict]) -> str:
+    """One row per stage and machine: CPU, instruction sets, oneDNN, threads, precision."""
+    rows = []
+    for stage, record in computed_on.items():
+        machines = record.get("nodes", [record])  # features on Ray: one record per node
+        for machine in machines:
+            where = f"{stage} (Ray node {machine['node']})" if "node" in machine else stage
+            rows.append(
+                [
+                    where,
+                    machine["cpu"],
+                    ", ".join(machine["instruction_sets"]) or "(none of those checked)",
+                    machine["onednn"],
+                    str(machine["threads"]),
+                    machine.get("precision", "float32"),
+                ]
+            )
+    header = ["stage", "CPU", "instruction sets", "oneDNN", "threads", "computed in"]
+    return (
+        _table(header, rows) + "\n\nTrained weights depend on the thread count; features and "
+        "predictions do not (docs/trusted.md, Determinism)."
+    )
 
 
 def _metrics_table(metrics: dict) -> str:

@@ -88,12 +88,14 @@ class FeatureWorker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings  # used by load(): an error there reaches the stage as itself
 
-    def load(self) -> str:
-        """Load the backbone and open the images; the node's address."""
+    def load(self) -> dict:
+        """Load the backbone and open the images; the node's address and what it computes on
+        (`cpu.compute_record`)."""
         import ray
         import tensorflow as tf
 
         from tlpipe.backbone import split_at
+        from tlpipe.cpu import compute_record
         from tlpipe.features import compile_forward
         from tlpipe.precision import computing_in
         from tlpipe.runtime import seed_everything
@@ -120,7 +122,10 @@ class FeatureWorker:
         self.images = {split: load_array(Path(path)) for split, path in settings.images.items()}
         self.batch_size = settings.batch_size
         self.dtype = np.dtype(settings.dtype)
-        return node
+        return {
+            "node": node,
+            **compute_record(threads=settings.threads, precision=settings.precision),
+        }
 
     def extract(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
         """(boundary activations, conv-base output) of the shard's rows, batch by batch."""
@@ -205,8 +210,9 @@ def provisional(path: Path) -> Iterator[None]:
         TEMPORARIES.discard(path)
 
 
-def start_workers(ray: Any, **worker_args: Any) -> tuple[list[Any], list[str]]:
-    """One FeatureWorker per alive node with CPUs, pinned to it; (actors, their node addresses)."""
+def start_workers(ray: Any, **worker_args: Any) -> tuple[list[Any], list[dict]]:
+    """One FeatureWorker per alive node with CPUs, pinned to it; (actors, what each computes on:
+    its node's address, CPU, oneDNN setting, threads)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) >= 1]
@@ -309,15 +315,16 @@ def extract_on_cluster(
     dtype: str,
     precision: str,
     seed: int,
-) -> None:
-    """Write both caches of every split from shards run on the Ray cluster at `address`.
+) -> list[dict]:
+    """Write both caches of every split from shards run on the Ray cluster at `address`; what
+    each node computed on (`cpu.compute_record`, with its address).
 
     `images` are the prepared splits (only their lengths are used here: the workers read them
     from the shared project folder) and data/features/backbone.keras must already be written.
     `boundary_shape` and `head_shape` are the shapes of one image's two outputs.
     """
     with connected(address) as ray:
-        actors, nodes = start_workers(
+        actors, workers = start_workers(
             ray,
             backbone_file=str(BACKBONE_FILE.resolve()),
             boundary=boundary,
@@ -346,7 +353,9 @@ def extract_on_cluster(
                 )
                 for split, x in images.items()
             }
+            nodes = [worker["node"] for worker in workers]
             ran, rate = extract_on_ray(ray, actors, nodes, shards, outputs=outputs)
     per_node = ", ".join(f"{node} ran {count}" for node, count in sorted(ran.items()))
     print(f"features: ray: {len(shards)} shards on {len(nodes)} nodes: {per_node}")
     print(f"features: {sum(len(x) for x in images.values())} images at {rate:.0f} img/s")
+    return workers

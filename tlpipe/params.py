@@ -11,8 +11,9 @@ as text: `dvc exp run -S lr=1e-5` writes `1e-05`, which PyYAML (YAML 1.1) reads 
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 import yaml
@@ -95,6 +96,8 @@ Dropout = _number_type(ge=0.0, lt=1.0)
 Boolean = Annotated[bool, Field(strict=True), BeforeValidator(_bool_from_text)]
 Text = Annotated[str, Field(strict=True, min_length=1), BeforeValidator(_stripped)]
 BackboneName = Literal[tuple(BACKBONES)]
+# Threads for train and finetune: auto (TensorFlow's default, one per usable core) or a number.
+Threads = Annotated[Literal["auto"] | Count, BeforeValidator(_stripped)]
 # float32, or Keras mixed precision computing in 16 bits (tlpipe/precision.py).
 Precision = Literal["float32", "bfloat16", "float16"]
 
@@ -214,6 +217,7 @@ class ClusterParams(Section):
 class Params(Section):
     seed: Seed
     lr: LearningRate
+    threads: Threads
     data: DataParams
     prepare: PrepareParams
     backbone: BackboneParams
@@ -222,6 +226,11 @@ class Params(Section):
     finetune: FinetuneParams
     evaluate: EvaluateParams
     cluster: ClusterParams
+
+    @property
+    def thread_count(self) -> int | None:
+        """`threads` as `runtime.use_threads` takes it: None for auto."""
+        return None if self.threads == "auto" else self.threads
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
@@ -285,7 +294,7 @@ def parse_params(raw: Any) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as error:
-        problems = [_explain(problem, raw) for problem in error.errors()]
+        problems = list(dict.fromkeys(_explain(problem, raw) for problem in _by_field(error)))
         raise ParamsError("\n".join(problems)) from None
     if params.prepare.val_fraction + params.prepare.test_fraction >= 1.0:
         raise ParamsError(
@@ -328,6 +337,27 @@ def _explain(problem: dict[str, Any], raw: Any) -> str:
     return f"{key}: got {value!r}; expected {allowed}"
 
 
+def _by_field(error: ValidationError) -> list[dict[str, Any]]:
+    """The errors with each location cut to the params key: a value that fits no member of a
+    union (`threads`: auto or a number) gives one error per member, tagged by pydantic; they
+    become one error on the key, explained from its whole type."""
+    problems = []
+    for problem in error.errors():
+        model: Any = Params
+        key: list[str] = []
+        for part in problem["loc"]:
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                break
+            if part not in model.model_fields:
+                break
+            key.append(part)
+            model = model.model_fields[part].annotation
+        if len(key) < len(problem["loc"]) and problem["type"] != "extra_forbidden":
+            problem = {**problem, "loc": tuple(key), "type": "union"}
+        problems.append(problem)
+    return problems
+
+
 def _model_at(loc: list[str]) -> type[BaseModel]:
     model: type[BaseModel] = Params
     for name in loc:
@@ -352,11 +382,13 @@ def _allowed(annotation: Any, metadata: list[Any]) -> str:
     if type(None) in args:
         inner = next(arg for arg in args if arg is not type(None))
         return f"{_allowed(inner, metadata)} or null"
+    if get_origin(annotation) in (Union, types.UnionType):
+        return " or ".join(_allowed(arg, metadata) for arg in args)
     for item in list(metadata):
         if isinstance(item, FieldInfo):
             metadata = [*metadata, *item.metadata]
     if get_origin(annotation) is Literal:
-        return "one of " + ", ".join(map(str, args))
+        return str(args[0]) if len(args) == 1 else "one of " + ", ".join(map(str, args))
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return f"a mapping with keys {', '.join(annotation.model_fields)}"
     kind = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}

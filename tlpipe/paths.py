@@ -1,8 +1,8 @@
 """Every file and folder the pipeline reads or writes, relative to the project's top folder.
 
-dvc.yaml names the same paths, since DVC tracks them; tests/test_layout.py checks that each data
-path there is one defined here. Per-split files take the folder as an argument so that tests can
-write them elsewhere.
+dvc.yaml names the same paths, since DVC tracks them; tests/test_invalidation.py checks that each
+data path there is one defined here. Per-split files take the folder as an argument so that tests
+can write them elsewhere.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ HEAD_FEATURES_DIR = FEATURES_DIR / "head"
 BOUNDARY_DIR = FEATURES_DIR / "boundary"
 BACKBONE_FILE = FEATURES_DIR / "backbone.keras"
 BOUNDARY_INFO_FILE = FEATURES_DIR / "boundary.json"
+# features, train, finetune: what each computed on (CPU, instruction sets, oneDNN, threads)
+COMPUTE_NAME = "compute.json"
+FEATURES_COMPUTE_FILE = FEATURES_DIR / COMPUTE_NAME
 # train, finetune: the models
 HEAD_FILE = Path("models/head.keras")
 MODEL_FILE = Path("models/model.keras")
@@ -32,6 +35,8 @@ MODEL_INFO_FILE = Path("models/model.json")
 # train, finetune, evaluate: metrics and plots (DVCLive folders, the report)
 TRAIN_LIVE_DIR = Path("metrics/train")
 FINETUNE_LIVE_DIR = Path("metrics/finetune")
+TRAIN_COMPUTE_FILE = TRAIN_LIVE_DIR / COMPUTE_NAME
+FINETUNE_COMPUTE_FILE = FINETUNE_LIVE_DIR / COMPUTE_NAME
 METRICS_FILE = Path("metrics/evaluate.json")
 REPORT_DIR = Path("metrics/report")
 PER_CLASS_FILE = REPORT_DIR / "per_class.json"  # written by report.write_report

@@ -19,28 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from tlpipe.cpu import cpu_flags
 from tlpipe.params import Precision
 
 # CPU flags (as /proc/cpuinfo spells them) of native bfloat16 arithmetic: AVX-512 BF16, Intel AMX.
 BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 MIXED_POLICY = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them; empty where there is no /proc/cpuinfo."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
 
 
 def effective_precision(

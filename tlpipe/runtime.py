@@ -1,4 +1,4 @@
-"""What every stage's entry point shares: one-line errors, Ctrl-C handling, and seeding."""
+"""What every stage's entry point shares: one-line errors, Ctrl-C handling, seeding and threads."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from tlpipe.cpu import usable_cores
 
 OFFLINE_DEMO = "make demo"  # named in every error caused by having no network
 INTERRUPTED = "interrupted: no output was finished; rerun `dvc repro` to continue"
@@ -78,3 +80,19 @@ def seed_everything(seed: int) -> None:
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+
+
+def use_threads(threads: int | None) -> int:
+    """Compute with `threads` threads (intra- and inter-op), or None: TensorFlow's default, one
+    per usable core. The number in use. Call before TensorFlow runs an op.
+
+    Training's result depends on it even with oneDNN (gradient sums split across threads), so
+    `threads` in params.yaml lets a team pin it; features and predictions do not (docs/trusted.md).
+    """
+    if threads is None:
+        return usable_cores()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return threads
