@@ -1,0 +1,106 @@
+"""The determinism contract (docs/trusted.md): what stays byte-identical when the thread count
+changes.
+
+Each stage runs as DVC runs it, `python -m stages.<name>`, in a fresh process whose CPU affinity
+is one core or two: TensorFlow's default thread count follows the affinity mask, as it follows
+the CPUs Ray gives an actor. With oneDNN (on for every x86 CPU, tlpipe/cpu.py) the feature caches
+are the same bytes either way; training depends on the thread count, so `threads` pins it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import SHIPPED_PARAMS, VENV_BIN, command_env
+from tlpipe.cpu import cpu_flags
+from tlpipe.precision import effective_precision
+
+FEATURE_FILES = ("head/train.npy", "head/test.npy", "boundary/train.npy", "boundary/test.npy")
+CORES = {"one core": {0}, "two cores": {0, 1}}
+
+
+def stage(name: str, cwd: Path, cores: set[int] | None = None) -> subprocess.CompletedProcess:
+    """`python -m stages.<name>` in `cwd`, pinned to `cores` (None: this process's own)."""
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "-m", f"stages.{name}"],
+        cwd=cwd,
+        env=command_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores),
+    )
+    assert result.returncode == 0, f"{name} failed:\n{(result.stdout + result.stderr)[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A project folder with params.yaml (digits, random weights, 120 training images) and
+    data/prepared/."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("these tests compare one core with two: run them on a machine with two")
+    root = tmp_path_factory.mktemp("determinism")
+    params = yaml.safe_load(SHIPPED_PARAMS)
+    params["data"].update(dataset="digits", limit=120)
+    params["backbone"]["weights"] = "none"
+    params["train"]["epochs"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for name in ("download", "prepare"):
+        stage(name, root)
+    return root
+
+
+def project_with(prepared: Path, destination: Path, **changes: object) -> Path:
+    """A copy of the prepared project with top-level or section params changed
+    ({"features": {"precision": "float32"}, "threads": 2})."""
+    shutil.copytree(prepared, destination)
+    params = yaml.safe_load((destination / "params.yaml").read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            params[key].update(value)
+        else:
+            params[key] = value
+    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return destination
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_feature_caches_are_the_same_bytes_on_one_core_and_two(prepared, tmp_path, precision):
+    """The features stage's own extraction, run with 1 and with 2 intra-op threads: the same
+    bytes in both caches, and compute.json records the threads each run used."""
+    expected, _ = effective_precision(precision, flags=cpu_flags(), has_gpu=False)
+    caches = {}
+    for label, cores in CORES.items():
+        project = project_with(prepared, tmp_path / label, features={"precision": precision})
+        stage("features", project, cores)
+        computed_on = json.loads((project / "data/features/compute.json").read_text())
+        assert computed_on["threads"] == len(cores)
+        assert computed_on["onednn"] == "on"
+        assert computed_on["precision"] == expected
+        caches[label] = {
+            name: (project / "data/features" / name).read_bytes() for name in FEATURE_FILES
+        }
+    assert caches["one core"] == caches["two cores"]
+
+
+def test_pinned_threads_give_the_same_head_on_one_core_and_two(prepared, tmp_path):
+    """`threads: 2` trains with two threads whatever the machine has: the same head.keras from
+    a one-core and a two-core process."""
+    features = project_with(prepared, tmp_path / "features", threads=2)
+    stage("features", features)
+    heads = {}
+    for label, cores in CORES.items():
+        project = tmp_path / label
+        shutil.copytree(features, project)
+        stage("train", project, cores)
+        assert json.loads((project / "metrics/train/compute.json").read_text())["threads"] == 2
+        heads[label] = (project / "models/head.keras").read_bytes()
+    assert heads["one core"] == heads["two cores"]
