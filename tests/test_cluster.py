@@ -8,6 +8,7 @@ shows that engine: local never imports it.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import time
@@ -28,6 +29,8 @@ FEATURES_OUTS = (
     "data/features/backbone.keras",
     "data/features/boundary.json",
 )
+# What features computed on: differs between the engines by design (one record per Ray node).
+COMPUTE_FILE = "data/features/compute.json"
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +66,11 @@ def run_in(
 
 
 def features_hashes(project: Path) -> dict[str, str]:
+    """{output: md5} of the features stage's data outputs (all but compute.json)."""
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    return {out["path"]: out["md5"] for out in lock["stages"]["features"]["outs"]}
+    outs = lock["stages"]["features"]["outs"]
+    assert COMPUTE_FILE in {out["path"] for out in outs}
+    return {out["path"]: out["md5"] for out in outs if out["path"] != COMPUTE_FILE}
 
 
 def set_cluster(project: Path, *, engine: str, address: str) -> None:
@@ -122,6 +128,11 @@ def test_ray_engine_writes_the_same_bytes_on_both_nodes(local_run, ray_address):
     assert features_hashes(project) == local_hashes
     assert f"{HEAD} ran " in result.output and f"{WORKER} ran " in result.output, result.output
     assert "shards on 2 nodes" in result.output
+    # Each actor computed with the one CPU Ray gave it, with oneDNN on as the local run was.
+    computed_on = json.loads((project / COMPUTE_FILE).read_text())
+    assert computed_on["engine"] == "ray"
+    assert {node["node"] for node in computed_on["nodes"]} == {HEAD, WORKER}
+    assert {(node["onednn"], node["threads"]) for node in computed_on["nodes"]} == {("on", 1)}
 
 
 def feature_workers() -> list[psutil.Process]:
