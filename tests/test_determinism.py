@@ -23,15 +23,19 @@ from tlpipe.cpu import cpu_flags
 from tlpipe.precision import effective_precision
 
 FEATURE_FILES = ("head/train.npy", "head/test.npy", "boundary/train.npy", "boundary/test.npy")
+FILES_TRAINED = ("head.keras", "model.keras")
 CORES = {"one core": {0}, "two cores": {0, 1}}
 
 
-def stage(name: str, cwd: Path, cores: set[int] | None = None) -> subprocess.CompletedProcess:
-    """`python -m stages.<name>` in `cwd`, pinned to `cores` (None: this process's own)."""
+def stage(
+    name: str, cwd: Path, cores: set[int] | None = None, **environ: str
+) -> subprocess.CompletedProcess:
+    """`python -m stages.<name>` in `cwd`, pinned to `cores` (None: this process's own), with
+    `environ` added to the environment."""
     result = subprocess.run(
         [str(VENV_BIN / "python"), "-m", f"stages.{name}"],
         cwd=cwd,
-        env=command_env(),
+        env={**command_env(), **environ},
         capture_output=True,
         text=True,
         timeout=600,
@@ -51,11 +55,20 @@ def prepared(tmp_path_factory) -> Path:
     params = yaml.safe_load(SHIPPED_PARAMS)
     params["data"].update(dataset="digits", limit=120)
     params["backbone"]["weights"] = "none"
-    params["train"]["epochs"] = 2
+    params["train"]["epochs"], params["finetune"]["epochs"] = 2, 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for name in ("download", "prepare"):
-        stage(name, root)
+    stage("download", root)
+    stage("prepare", root, CORES["one core"])
     return root
+
+
+def test_prepared_images_are_the_same_bytes_on_one_core_and_two(prepared, tmp_path):
+    """prepare's resize (tf.image.resize) with one thread and with two."""
+    project = project_with(prepared, tmp_path / "two cores")
+    stage("prepare", project, CORES["two cores"])
+    for split in ("train", "val", "test"):
+        name = f"data/prepared/{split}_x.npy"
+        assert (project / name).read_bytes() == (prepared / name).read_bytes(), name
 
 
 def project_with(prepared: Path, destination: Path, **changes: object) -> Path:
@@ -91,16 +104,33 @@ def test_feature_caches_are_the_same_bytes_on_one_core_and_two(prepared, tmp_pat
     assert caches["one core"] == caches["two cores"]
 
 
-def test_pinned_threads_give_the_same_head_on_one_core_and_two(prepared, tmp_path):
-    """`threads: 2` trains with two threads whatever the machine has: the same head.keras from
-    a one-core and a two-core process."""
+def test_float32_feature_caches_are_the_same_bytes_with_avx2_kernels(prepared, tmp_path):
+    """oneDNN limited to its AVX2 kernels (ONEDNN_MAX_CPU_ISA, what an AVX2-only CPU runs) gives
+    the float32 caches this CPU's own kernels give. On an AVX2-only machine both runs are that."""
+    caches = {}
+    for label, environ in (("own", {}), ("avx2", {"ONEDNN_MAX_CPU_ISA": "AVX2"})):
+        project = project_with(prepared, tmp_path / label, features={"precision": "float32"})
+        stage("features", project, **environ)
+        caches[label] = {
+            name: (project / "data/features" / name).read_bytes() for name in FEATURE_FILES
+        }
+    assert caches["own"] == caches["avx2"]
+
+
+def test_pinned_threads_give_the_same_model_on_one_core_and_two(prepared, tmp_path):
+    """Training depends on the thread count (fine-tuning with oneDNN's AVX2 kernels: 1 and 2
+    threads gave different weights), so `threads: 2` trains with two threads whatever the
+    machine has: the same head and fine-tuned model from a one-core and a two-core process."""
     features = project_with(prepared, tmp_path / "features", threads=2)
     stage("features", features)
-    heads = {}
+    models = {}
     for label, cores in CORES.items():
         project = tmp_path / label
         shutil.copytree(features, project)
-        stage("train", project, cores)
-        assert json.loads((project / "metrics/train/compute.json").read_text())["threads"] == 2
-        heads[label] = (project / "models/head.keras").read_bytes()
-    assert heads["one core"] == heads["two cores"]
+        for name in ("train", "finetune"):
+            stage(name, project, cores)
+        for name in ("train", "finetune"):
+            computed_on = json.loads((project / f"metrics/{name}/compute.json").read_text())
+            assert computed_on["threads"] == 2
+        models[label] = [(project / f"models/{name}").read_bytes() for name in FILES_TRAINED]
+    assert models["one core"] == models["two cores"]
