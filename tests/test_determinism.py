@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.helpers import SHIPPED_PARAMS, VENV_BIN, command_env
-from tlpipe.cpu import cpu_flags
+from tlpipe.cpu import kernel_flags
 from tlpipe.precision import effective_precision
 
 FEATURE_FILES = ("head/train.npy", "head/test.npy", "boundary/train.npy", "boundary/test.npy")
@@ -89,7 +89,7 @@ def project_with(prepared: Path, destination: Path, **changes: object) -> Path:
 def test_feature_caches_are_the_same_bytes_on_one_core_and_two(prepared, tmp_path, precision):
     """The features stage's own extraction, run with 1 and with 2 intra-op threads: the same
     bytes in both caches, and compute.json records the threads each run used."""
-    expected, _ = effective_precision(precision, flags=cpu_flags(), has_gpu=False)
+    expected, _ = effective_precision(precision, flags=kernel_flags(), has_gpu=False)
     caches = {}
     for label, cores in CORES.items():
         project = project_with(prepared, tmp_path / label, features={"precision": precision})

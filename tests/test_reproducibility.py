@@ -14,14 +14,14 @@ import pytest
 import yaml
 
 from tests.helpers import ALL_STAGES, OFFLINE, TINY, copy_project, run, stages_that_ran
-from tlpipe.cpu import cpu_flags
+from tlpipe.cpu import kernel_flags
 from tlpipe.precision import effective_precision
 
 
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])
 def clones(request, tmp_path_factory) -> tuple[Path, Path]:
     precision = request.param
-    expected, _ = effective_precision(precision, flags=cpu_flags(), has_gpu=False)
+    expected, _ = effective_precision(precision, flags=kernel_flags(), has_gpu=False)
     overrides = ["-S", f"features.precision={precision}", "-S", f"finetune.precision={precision}"]
     projects = []
     for name in ("first", "second"):

@@ -19,6 +19,13 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+# oneDNN's own cap on the kernels it dispatches to; below AVX512_CORE_BF16 it has no bfloat16
+# arithmetic, as on a CPU without it (ONEDNN_MAX_CPU_ISA=AVX2 runs what an AVX2-only CPU runs).
+ONEDNN_ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
+ISA_CAPS_WITHOUT_BFLOAT16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
+BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686"})
 # The /proc/cpuinfo flags that decide which kernels TensorFlow and oneDNN pick, in that order.
 INSTRUCTION_SETS = (
@@ -54,6 +61,17 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset(_cpuinfo_field(cpuinfo, "flags").split())
 
 
+def kernel_flags(
+    environ: MutableMapping[str, str] = os.environ, cpuinfo: Path = Path("/proc/cpuinfo")
+) -> frozenset[str]:
+    """The CPU's flags that oneDNN's kernels may use: all of them, less the bfloat16 ones when
+    ONEDNN_MAX_CPU_ISA caps oneDNN below its bfloat16 kernels."""
+    flags = cpu_flags(cpuinfo)
+    if environ.get(ONEDNN_ISA_VARIABLE, "").strip().upper() in ISA_CAPS_WITHOUT_BFLOAT16:
+        return flags - BFLOAT16_FLAGS
+    return flags
+
+
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name (Linux), else what `platform` knows."""
     return _cpuinfo_field(cpuinfo, "model name") or platform.processor() or platform.machine()
@@ -83,7 +101,8 @@ def usable_cores() -> int:
 
 def compute_record(*, threads: int, precision: str | None = None) -> dict:
     """What a stage computed on, for its outputs' provenance: the CPU, its instruction sets
-    (among INSTRUCTION_SETS), the oneDNN setting, the threads, the precision."""
+    (among INSTRUCTION_SETS), the oneDNN setting (and ONEDNN_MAX_CPU_ISA if set), the threads,
+    the precision."""
     flags = cpu_flags()
     record = {
         "cpu": cpu_model(),
@@ -91,6 +110,8 @@ def compute_record(*, threads: int, precision: str | None = None) -> dict:
         "onednn": onednn_setting(),
         "threads": threads,
     }
+    if os.environ.get(ONEDNN_ISA_VARIABLE):
+        record["onednn_max_cpu_isa"] = os.environ[ONEDNN_ISA_VARIABLE]
     if precision is not None:
         record["precision"] = precision
     return record

@@ -23,11 +23,9 @@ from contextlib import contextmanager
 import keras
 import tensorflow as tf
 
-from tlpipe.cpu import cpu_flags
+from tlpipe.cpu import BFLOAT16_FLAGS, kernel_flags
 from tlpipe.params import Precision
 
-# CPU flags (as /proc/cpuinfo spells them) of native bfloat16 arithmetic: AVX-512 BF16, Intel AMX.
-BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 MIXED_POLICY = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
@@ -35,11 +33,11 @@ def effective_precision(
     requested: Precision, *, flags: frozenset[str], has_gpu: bool
 ) -> tuple[Precision, str | None]:
     """The precision to run, and the reason when it is not the one requested."""
-    if requested == "bfloat16" and not has_gpu and not flags & BFLOAT16_CPU_FLAGS:
+    if requested == "bfloat16" and not has_gpu and not flags & BFLOAT16_FLAGS:
         return "float32", (
             "precision bfloat16 needs a CPU with native bfloat16 (flag avx512_bf16 or amx_bf16 "
-            "in /proc/cpuinfo) or a GPU; this machine has neither, where bfloat16 runs slower "
-            "than float32: running float32"
+            "in /proc/cpuinfo, and ONEDNN_MAX_CPU_ISA not below AVX512_CORE_BF16) or a GPU; this "
+            "machine has neither, where bfloat16 runs slower than float32: running float32"
         )
     if requested == "float16" and not has_gpu:
         return "float32", (
@@ -51,7 +49,7 @@ def effective_precision(
 def choose_precision(requested: Precision, *, stage: str) -> Precision:
     """`effective_precision` on this machine, saying in one line when it falls back."""
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
-    precision, reason = effective_precision(requested, flags=cpu_flags(), has_gpu=has_gpu)
+    precision, reason = effective_precision(requested, flags=kernel_flags(), has_gpu=has_gpu)
     if reason:
         print(f"{stage}: {reason}")
     return precision
