@@ -1,11 +1,15 @@
 """Classify image files with one exported model, in a process of its own (tests/test_export.py).
 
-    python tests/run_exported.py {saved_model|litert|onnx} MODEL IMAGE...
+    python tests/run_exported.py CLIENT MODEL IMAGE...
+
+CLIENT is how a user would load the file: saved_model (tf.saved_model.load), tflite
+(tf.lite.Interpreter with its default XNNPACK delegate), litert (ai_edge_litert), onnx
+(onnxruntime) or opencv (cv2.dnn.readNetFromONNX).
 
 Prints JSON: {"rgb": {path: probabilities}, "grey": {path: probabilities of a grey file fed as 1
 channel}, "imported": [whichever of tlpipe, keras, tensorflow got imported]}. Images of one size go
-in one batch. Only numpy, Pillow and the format's own runtime are used, never tlpipe: what a user of
-the exported files has. Each runtime is called as the model card shows.
+in one batch. Only numpy, Pillow and the client's own runtime are used, never tlpipe: what a user
+of the exported files has. Each runtime is called as the model card shows.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ def load(kind: str, path: str) -> Callable[[np.ndarray], np.ndarray]:
 
         serve = tf.saved_model.load(path).signatures["serving_default"]
         return lambda batch: serve(images=tf.constant(batch))["probabilities"].numpy()
+    if kind == "tflite":
+        import tensorflow as tf
+
+        run = tf.lite.Interpreter(path).get_signature_runner("serving_default")
+        return lambda batch: run(images=batch)["probabilities"]
     if kind == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
@@ -36,7 +45,17 @@ def load(kind: str, path: str) -> Callable[[np.ndarray], np.ndarray]:
 
         session = onnxruntime.InferenceSession(path)
         return lambda batch: session.run(["probabilities"], {"images": batch})[0]
-    raise SystemExit(f"unknown format {kind}")
+    if kind == "opencv":
+        import cv2
+
+        net = cv2.dnn.readNetFromONNX(path)
+
+        def forward(batch: np.ndarray) -> np.ndarray:
+            net.setInput(batch, "images")
+            return net.forward("probabilities")
+
+        return forward
+    raise SystemExit(f"unknown client {kind}")
 
 
 def classify(predict: Callable[[np.ndarray], np.ndarray], images: dict[str, np.ndarray]) -> dict:

@@ -28,6 +28,7 @@ FORMATS = {
     "litert": "models/export/model.tflite",
     "onnx": "models/export/model.onnx",
 }
+CLIENTS = {**FORMATS, "tflite": FORMATS["litert"], "opencv": FORMATS["onnx"]}  # run_exported.py
 TOLERANCE = 1e-4  # float32 probabilities
 
 
@@ -53,6 +54,22 @@ def test_in_graph_resize_matches_prepare(height, width, channels, size):
     assert np.all(np.abs(unrounded[off] % 1.0 - 0.5) < 1e-3)
     if (height, width) == (size, size):
         assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("side", [8, 16])
+def test_in_graph_resize_run_as_a_graph_is_exact_where_its_arithmetic_is(side):
+    """Enlarging by a power of two makes every weight, product and sum exact, and about one pixel
+    in twenty lands exactly on half a level: the graph a SavedModel runs (TensorFlow's graph
+    optimiser applied) must round each as `prepare` does. With `1.0 / x` in the graph, the
+    optimiser's approximate Reciprocal put 2-4 % of the pixels a level off."""
+    import tensorflow as tf
+
+    images = np.random.default_rng(side).integers(0, 256, (2, side, side, 3), dtype=np.uint8)
+    as_graph = tf.function(
+        lambda images: resize_pixels(images, 32),
+        input_signature=[tf.TensorSpec((None, None, None, None), tf.uint8)],
+    )
+    assert np.array_equal(as_graph(images).numpy(), to_model_input(images, 32))
 
 
 def two_conversions() -> list[onnx.ModelProto]:
@@ -146,15 +163,17 @@ def assert_same_predictions(got: dict, expected: dict) -> None:
     for path, probabilities in got.items():
         want = np.array(expected[path])
         assert np.argmax(probabilities) == np.argmax(want), path
-        assert np.abs(np.array(probabilities) - want).max() <= TOLERANCE, path
+        gap = np.abs(np.array(probabilities) - want).max()
+        print(f"{path}: {gap:.2e}")  # the figures in docs/exports.md (pytest -s)
+        assert gap <= TOLERANCE, path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", sorted(FORMATS))
+@pytest.mark.parametrize("kind", sorted(CLIENTS))
 def test_each_format_in_its_own_runtime_predicts_what_tlpipe_predict_does(project, expected, kind):
     paths = sorted(str(path.relative_to(project)) for path in (project / "images").iterdir())
     result = run(
-        [sys.executable, str(REPO / "tests/run_exported.py"), kind, FORMATS[kind], *paths],
+        [sys.executable, str(REPO / "tests/run_exported.py"), kind, CLIENTS[kind], *paths],
         project,
     )
     answer = json.loads(result.stdout)
@@ -163,7 +182,7 @@ def test_each_format_in_its_own_runtime_predicts_what_tlpipe_predict_does(projec
     assert len(answer["grey"]) == 3  # the grey files fed as (1, 8, 8, 1): the same classes
     assert_same_predictions(answer["grey"], expected)
     assert "tlpipe" not in answer["imported"]  # so BackboneNormalization was never registered
-    if kind != "saved_model":
+    if kind not in ("saved_model", "tflite"):
         assert answer["imported"] == []  # not even TensorFlow
 
 

@@ -8,8 +8,21 @@ LiteRT (TFLite) flatbuffer and an ONNX graph, each taking uint8 pixels (batch, h
 
 The resize is two matrix products rather than `tf.image.resize(antialias=True)`: its
 ScaleAndTranslate op is neither a LiteRT built-in nor an ONNX op. The matrices hold the weights
-ScaleAndTranslate computes for its triangle kernel; the products sum in another order, so a pixel
-that lands within about 1e-4 of half a level can round the other way (tests/test_export.py).
+ScaleAndTranslate computes for its triangle kernel, computed in the graph from the input's size;
+the products sum in another order, so a pixel that lands within about 1e-4 of half a level can
+round the other way (tests/test_export.py).
+
+ScaleAndTranslate takes three reciprocals (of the scale, the kernel width and each row's weight
+sum). Written `1.0 / x`, two clients computed them wrongly: TensorFlow's graph optimiser (which a
+loaded SavedModel runs, eager Keras does not) rewrites a division of the constant 1 into its
+Reciprocal op, 1 ulp low here (1/1 = 0.99999994), so the weights of an exact resize came out just
+short and every pixel on half a level (2-4 % of them when enlarging 8 or 16 px by a power of two)
+rounded down. And the default XNNPACK delegate of TensorFlow 2.21's `tf.lite.Interpreter`, on a
+model whose input shape is dynamic, returns the mean for `1.0 / tf.reduce_sum(...)` when the sum's
+input is computed in the graph: the weights became nonsense, and the probabilities with them, with
+no error (ai_edge_litert 2.3.0 and the delegate-free interpreter were right). Each reciprocal is
+now `(x / x) / x`: correctly rounded everywhere and matched by neither rewrite
+(tests/test_export_clients.py runs the files in every client).
 """
 
 from __future__ import annotations
@@ -47,23 +60,37 @@ def use_pure_python_protobuf() -> None:
         os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
 
 
+def correctly_rounded_reciprocal(x: tf.Tensor) -> tf.Tensor:
+    """1 / x, rounded as a float32 division is, in every runtime that runs the exports.
+
+    Written `1.0 / x`, it is not: TensorFlow's graph optimiser turns a division of the constant 1
+    into its Reciprocal op, which is 1 ulp low on this CPU (1/1 = 0.99999994), and TFLite's
+    XNNPACK delegate, on a model whose input shape is dynamic, returns the mean instead of
+    `1.0 / tf.reduce_sum(...)`. The numerator x / x (exactly 1, not a constant) matches neither.
+    """
+    return (x / x) / x
+
+
 def resize_weights(in_size: tf.Tensor, out_size: int) -> tf.Tensor:
     """(out_size, in_size) float32 matrix of the antialiased bilinear resize along one axis.
 
     TensorFlow's ScaleAndTranslate arithmetic (triangle kernel, antialias, no translation), step
-    by step in float32: when shrinking, the kernel widens by 1/scale so every source pixel counts.
+    by step in float32, each reciprocal a division as it computes them: when shrinking, the
+    kernel widens by 1/scale so every source pixel counts.
     """
     import tensorflow as tf
 
     sources = tf.cast(in_size, tf.float32)
     scale = tf.cast(out_size, tf.float32) / sources
-    inverse_scale = 1.0 / scale
+    inverse_scale = correctly_rounded_reciprocal(scale)
     kernel_scale = tf.maximum(inverse_scale, 1.0)
     sample_at = (tf.range(out_size, dtype=tf.float32) + 0.5) * inverse_scale
     source_at = tf.range(sources, dtype=tf.float32) + 0.5
-    distance = tf.abs((source_at[tf.newaxis, :] - sample_at[:, tf.newaxis]) / kernel_scale)
+    offset = source_at[tf.newaxis, :] - sample_at[:, tf.newaxis]
+    distance = tf.abs(offset * correctly_rounded_reciprocal(kernel_scale))
     weights = tf.maximum(1.0 - distance, 0.0)
-    return weights * (1.0 / tf.reduce_sum(weights, axis=1, keepdims=True))
+    total = tf.reduce_sum(weights, axis=1, keepdims=True)
+    return weights * correctly_rounded_reciprocal(total)
 
 
 def resize_pixels(images: tf.Tensor, size: int) -> tf.Tensor:
