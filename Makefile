@@ -13,13 +13,13 @@ DEMO_PARAMS := -S data.dataset=digits -S backbone.weights=none \
 # More overrides for one call, e.g. make demo DEMO_EXTRA="-S train.epochs=3"
 DEMO_EXTRA ?=
 
-.PHONY: install demo demo-params test lint format schema plots-page clean
+.PHONY: install demo demo-params test lint format schema plots-page docs docs-serve clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
 	touch $@
 
 demo: install
@@ -32,7 +32,7 @@ demo-params:
 
 # The tests also need the `cluster` extra (Ray, for tests/test_cluster.py); the demo does not.
 $(VENV)/.installed-cluster: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev,cluster]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs,cluster]'
 	touch $@
 
 test: install $(VENV)/.installed-cluster lint
@@ -56,5 +56,13 @@ schema: install
 plots-page:
 	$(PYTHON) .dvc/plots/build_page.py
 
+# The documentation site (MkDocs, Material theme; the `docs` extra), built offline into site/.
+# NO_MKDOCS_2_WARNING: Material 9.8 prints an end-of-life banner on every build otherwise.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -134,3 +134,11 @@ def test_pinned_threads_give_the_same_model_on_one_core_and_two(prepared, tmp_pa
             assert computed_on["threads"] == 2
         models[label] = [(project / f"models/{name}").read_bytes() for name in FILES_TRAINED]
     assert models["one core"] == models["two cores"]
+
+    # Scoring that model is a forward pass, like features: the same report on one core and two.
+    for label, cores in CORES.items():
+        stage("evaluate", tmp_path / label, cores)
+    for name in ("metrics/evaluate.json", "metrics/report/confusion.csv"):
+        assert (tmp_path / "one core" / name).read_bytes() == (
+            tmp_path / "two cores" / name
+        ).read_bytes(), name
