@@ -23,6 +23,7 @@ from tlpipe.storage import load_model, load_model_info
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `tlpipe` command: one subcommand per job, each built by its own function below."""
     parser = argparse.ArgumentParser(
         prog="tlpipe",
         description="Use the model trained by the DVC pipeline "
@@ -30,7 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tlpipe {version('tlpipe')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_predict(commands)
+    add_summary(commands)
+    add_review(commands)
+    return parser
 
+
+def add_predict(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser(
         "predict",
         help="classify image files or folders of images",
@@ -46,16 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="an image file or a folder (searched recursively)",
     )
-    predict.add_argument(
+    output = predict.add_argument_group("output")
+    output.add_argument(
         "--top-k", type=int, default=1, metavar="N", help="show the N likeliest classes (default 1)"
     )
-    predict.add_argument(
+    output.add_argument(
         "--json", action="store_true", help="print one JSON list instead of text lines"
     )
-    predict.add_argument(
+    model = predict.add_argument_group("model")
+    model.add_argument(
         "--model", type=Path, default=MODEL_FILE, help=f"model file (default {MODEL_FILE})"
     )
-    predict.add_argument(
+    model.add_argument(
         "--batch-size",
         type=int,
         default=32,
@@ -63,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per forward pass (default 32)",
     )
 
+
+def add_summary(commands: argparse._SubParsersAction) -> None:
     summary = commands.add_parser(
         "summary",
         help="show the model's layers, trainable flags and parameter counts",
@@ -76,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot", type=Path, metavar="FILE.png", help="also draw the architecture to FILE.png"
     )
 
+
+def add_review(commands: argparse._SubParsersAction) -> None:
     review = commands.add_parser(
         "review",
         help="compare the pipeline's metrics on two commits, run with the same configuration",
@@ -97,7 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="an override for both sides, as `dvc exp run -S` takes it (repeatable); "
         "replaces the demo's",
     )
-    return parser
 
 
 def image_files(paths: list[Path]) -> list[Path]:

@@ -87,33 +87,48 @@ def extract_features(
         release_rows(images, start, stop)
         return batch
 
+    def write(start: int, at_boundary: tf.Tensor, at_output: tf.Tensor) -> None:
+        stop = start + len(at_boundary)
+        for out, rows in ((boundary_out, at_boundary), (head_out, at_output)):
+            out[start:stop] = rows.numpy()
+            release_rows(out, start, stop)
+
     started = time.perf_counter()
     with (
         array_writer(boundary_path, boundary_shape, dtype) as boundary_out,
         array_writer(head_path, head_shape, dtype) as head_out,
-        ThreadPoolExecutor(1, thread_name_prefix="features-read") as reader,
-        ThreadPoolExecutor(1, thread_name_prefix="features-write") as writer,
         tqdm(total=n, unit="img", desc=f"features {label}", mininterval=2.0) as progress,
     ):
+        run_overlapped(n, batch_size, read=read, compute=forward, write=write, progress=progress)
+    return n / max(time.perf_counter() - started, 1e-9)
 
-        def write(start: int, at_boundary: tf.Tensor, at_output: tf.Tensor) -> None:
-            stop = start + len(at_boundary)
-            boundary_out[start:stop] = at_boundary.numpy()
-            head_out[start:stop] = at_output.numpy()
-            release_rows(boundary_out, start, stop)
-            release_rows(head_out, start, stop)
 
+def run_overlapped(
+    n: int,
+    batch_size: int,
+    *,
+    read: Callable[[int], tf.Tensor],
+    compute: Callable[[tf.Tensor], tuple[tf.Tensor, ...]],
+    write: Callable[..., None],
+    progress: tqdm,
+) -> None:
+    """For each batch of rows [start, start + batch_size): `read(start)` a batch ahead in one
+    helper thread, `compute(batch)` here, `write(start, *outputs)` a batch behind in another;
+    at most one write in flight, and a failed read or write re-raised here."""
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="features-read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="features-write") as writer,
+    ):
         next_batch = reader.submit(read, 0) if n else None
         written = None
         for start in range(0, n, batch_size):
             batch = next_batch.result()
             if start + batch_size < n:
                 next_batch = reader.submit(read, start + batch_size)
-            at_boundary, at_output = forward(batch)
+            outputs = compute(batch)
             if written is not None:
                 written.result()  # re-raise a failed write; keep at most one write in flight
-            written = writer.submit(write, start, at_boundary, at_output)
+            written = writer.submit(write, start, *outputs)
             progress.update(len(batch))
         if written is not None:
             written.result()
-    return n / max(time.perf_counter() - started, 1e-9)

@@ -228,6 +228,23 @@ def review(root: Path, base_rev: str, head_rev: str, overrides: list[str] | None
         ).strip()
         params = dvc(["params", "diff", base.short, head.short, "--md"], clone).strip()
 
+    return report(
+        base, head, kept=kept, dropped=dropped, source=source, metrics=metrics, params=params
+    )
+
+
+def report(
+    base: Side,
+    head: Side,
+    *,
+    kept: list[str],
+    dropped: list[str],
+    source: str,
+    metrics: str,
+    params: str,
+) -> str:
+    """The Markdown report: the configuration both sides ran with, the metrics diff, the params
+    diff and the stages table."""
     configuration = " ".join(f"`-S {override}`" for override in kept) or "nothing"
     lines = [
         f"### Pipeline on base `{base.short}` and head `{head.short}`",
