@@ -6,13 +6,17 @@ data/features/backbone.keras, the exact conv base used, so later stages start fr
 weights (random or pretrained) without downloading or re-initialising anything.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from tlpipe.backbone import boundary_layer, build_conv_base, split_at
 from tlpipe.cluster import extract_on_cluster, provisional
 from tlpipe.cpu import compute_record, usable_cores
 from tlpipe.features import check_free_space, compile_forward, extract_features
-from tlpipe.params import load_params
+from tlpipe.params import Params, load_params
 from tlpipe.paths import (
     BACKBONE_FILE,
     BOUNDARY_INFO_FILE,
@@ -26,6 +30,9 @@ from tlpipe.paths import (
 from tlpipe.precision import choose_precision, computing_in
 from tlpipe.runtime import UserError, run_stage, seed_everything
 from tlpipe.storage import RERUN_HINT, load_array, save_json, save_model
+
+if TYPE_CHECKING:
+    import keras
 
 
 def load_inputs() -> dict[str, np.ndarray]:
@@ -48,6 +55,64 @@ def load_inputs() -> dict[str, np.ndarray]:
     return inputs
 
 
+def extract_here(
+    base: keras.Model,
+    bottom: keras.Model,
+    top: keras.Model,
+    inputs: dict[str, np.ndarray],
+    *,
+    batch_size: int,
+    dtype: str,
+    precision: str,
+) -> dict:
+    """Both caches of every split computed in this process; what it computed on."""
+    with computing_in(base, precision):  # saved below as float32, whatever it computed in
+        forward = compile_forward(bottom, top)
+        for split in SPLITS:
+            rate = extract_features(
+                bottom,
+                top,
+                inputs[split],
+                batch_size=batch_size,
+                boundary_path=boundary_features(split),
+                head_path=head_features(split),
+                label=split,
+                dtype=dtype,
+                forward=forward,
+            )
+            print(f"features: {split}: {len(inputs[split])} images at {rate:.0f} img/s")
+    save_model(base, BACKBONE_FILE)
+    # All usable cores: with oneDNN the caches do not depend on the count (docs/trusted.md).
+    return {"engine": "local", **compute_record(threads=usable_cores(), precision=precision)}
+
+
+def extract_on_ray(
+    base: keras.Model,
+    bottom: keras.Model,
+    top: keras.Model,
+    inputs: dict[str, np.ndarray],
+    *,
+    boundary: str,
+    params: Params,
+    precision: str,
+) -> dict:
+    """Both caches of every split computed by Ray actors; what each node computed on."""
+    save_model(base, BACKBONE_FILE)  # first: the Ray workers load it
+    with provisional(BACKBONE_FILE):
+        nodes = extract_on_cluster(
+            params.cluster.address,
+            inputs,
+            boundary=boundary,
+            boundary_shape=tuple(bottom.output.shape[1:]),
+            head_shape=tuple(top.output.shape[1:]),
+            batch_size=params.features.batch_size,
+            dtype=params.features.dtype,
+            precision=precision,
+            seed=params.seed,
+        )
+    return {"engine": "ray", "nodes": nodes}
+
+
 def main() -> None:
     params = load_params()
     seed_everything(params.seed)  # `backbone.weights: none` draws the random weights from this seed
@@ -64,42 +129,19 @@ def main() -> None:
     precision = choose_precision(params.features.precision, stage="features")
     print(f"features: the conv base computes in {precision}")
     if params.cluster.engine == "ray":
-        save_model(base, BACKBONE_FILE)  # first: the Ray workers load it
-        with provisional(BACKBONE_FILE):
-            nodes = extract_on_cluster(
-                params.cluster.address,
-                inputs,
-                boundary=boundary,
-                boundary_shape=tuple(bottom.output.shape[1:]),
-                head_shape=tuple(top.output.shape[1:]),
-                batch_size=params.features.batch_size,
-                dtype=dtype,
-                precision=precision,
-                seed=params.seed,
-            )
-        computed_on = {"engine": "ray", "nodes": nodes}
+        computed_on = extract_on_ray(
+            base, bottom, top, inputs, boundary=boundary, params=params, precision=precision
+        )
     else:
-        with computing_in(base, precision):  # saved below as float32, whatever it computed in
-            forward = compile_forward(bottom, top)
-            for split in SPLITS:
-                rate = extract_features(
-                    bottom,
-                    top,
-                    inputs[split],
-                    batch_size=params.features.batch_size,
-                    boundary_path=boundary_features(split),
-                    head_path=head_features(split),
-                    label=split,
-                    dtype=dtype,
-                    forward=forward,
-                )
-                print(f"features: {split}: {len(inputs[split])} images at {rate:.0f} img/s")
-        save_model(base, BACKBONE_FILE)
-        # All usable cores: with oneDNN the caches do not depend on the count (docs/trusted.md).
-        computed_on = {
-            "engine": "local",
-            **compute_record(threads=usable_cores(), precision=precision),
-        }
+        computed_on = extract_here(
+            base,
+            bottom,
+            top,
+            inputs,
+            batch_size=params.features.batch_size,
+            dtype=dtype,
+            precision=precision,
+        )
     save_json(FEATURES_COMPUTE_FILE, computed_on)
     save_json(
         BOUNDARY_INFO_FILE,
