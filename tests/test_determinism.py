@@ -22,7 +22,13 @@ from tests.helpers import SHIPPED_PARAMS, VENV_BIN, command_env
 from tlpipe.cpu import kernel_flags
 from tlpipe.precision import effective_precision
 
-FEATURE_FILES = ("head/train.npy", "head/test.npy", "boundary/train.npy", "boundary/test.npy")
+FEATURE_FILES = (
+    "head/train.npy",
+    "head/test.npy",
+    "boundary/train.npy",
+    "boundary/test.npy",
+    "backbone.keras",
+)
 FILES_TRAINED = ("head.keras", "model.keras")
 CORES = {"one core": {0}, "two cores": {0, 1}}
 
