@@ -67,11 +67,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="alternating rounds of pipeline and recipe (best of each kept)",
     )
+    recipe.add_argument(
+        "--book-images", type=int, help="data.limit of the book configuration (default: all)"
+    )
+    recipe.add_argument(
+        "--book-finetune-epochs", type=int, default=4, help="finetune.epochs of the book's"
+    )
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     if unknown := set(args.only) - set(STUDIES):
         parser.error(f"--only: unknown studies {sorted(unknown)}; expected some of {list(STUDIES)}")
     return args
+
+
+def book_overrides(args: argparse.Namespace) -> dict:
+    epochs = args.book_finetune_epochs
+    limit = {"data.limit": args.book_images} if args.book_images else {}
+    return {"finetune.epochs": epochs, "finetune.patience": epochs} | limit
 
 
 def run_studies(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict]:
@@ -94,7 +106,9 @@ def run_studies(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict]:
     for name in args.only:
         started = time.perf_counter()
         print(f"benchmark: {name} ...", file=sys.stderr, flush=True)
-        kwargs = {"rounds": args.recipe_rounds} if name == "recipe" else {}
+        kwargs = (
+            {"rounds": args.recipe_rounds, "book": book_overrides(args)} if name == "recipe" else {}
+        )
         ctx.results[name], sections[name] = STUDIES[name].run(ctx, **kwargs)
         ctx.results[name]["study_s"] = round(time.perf_counter() - started, 1)
     ctx.results["sizes"] = {

@@ -147,9 +147,12 @@ def compare(ctx: Context, name: str, changes: dict, rounds: int) -> dict:
     }
 
 
-def run(ctx: Context, rounds: int = 1) -> tuple[dict, list[Row]]:
+def run(ctx: Context, rounds: int = 1, book: dict | None = None) -> tuple[dict, list[Row]]:
+    """`book`: overrides of the book configuration (--book-images, --book-finetune-epochs)."""
     result, rows = {"start_up_s": round(start_up_s(), 1)}, []
-    configs = {"demo": CONFIGS["demo"]} if ctx.mode == "quick" else CONFIGS
+    configs = {"demo": CONFIGS["demo"]} if ctx.mode == "quick" else dict(CONFIGS)
+    if "book" in configs and book:
+        configs["book"] = (configs["book"][0] | book, configs["book"][1])
     for name, (changes, target) in configs.items():
         changes = changes | (QUICK if ctx.mode == "quick" else {})
         r = result[name] = compare(ctx, name, changes, rounds)
