@@ -7,14 +7,17 @@ Tests run offline: no dataset or weight download is ever attempted. Fixtures are
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+# Re-exported: the tests import them from here.
+from tests.project import copy_project, set_param, shipped_params_text  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -27,31 +30,24 @@ OFFLINE = ["-S", "data.dataset=digits", "-S", "backbone.weights=none"]
 TINY = ["-S", "data.limit=400", "-S", "train.epochs=3", "-S", "finetune.epochs=2"]
 
 
-def shipped_params_text() -> str:
-    """params.yaml as committed. `make demo` is a DVC experiment: it leaves its overrides in the
-    working copy's params.yaml (and writes dvc.lock, metrics/), which must not change what the
-    tests see. Outside a git checkout, the working copy's file."""
-    committed = subprocess.run(
-        ["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True
-    )
-    return committed.stdout if committed.returncode == 0 else (REPO / "params.yaml").read_text()
+def __getattr__(name: str) -> object:
+    """SHIPPED_PARAMS (params.yaml as committed) and SHIPPED_PARAMS_DICT, read on first use: git
+    runs when a test needs them, not when this module is imported."""
+    if name == "SHIPPED_PARAMS":
+        return shipped_params_text()
+    if name == "SHIPPED_PARAMS_DICT":
+        return _shipped_params_dict()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-SHIPPED_PARAMS = shipped_params_text()
-SHIPPED_PARAMS_DICT = yaml.safe_load(SHIPPED_PARAMS)
-
-
-def set_param(params: dict, dotted: str, value: object) -> None:
-    """Set `params["train"]["epochs"]` for dotted "train.epochs", as `dvc exp run -S` does."""
-    *sections, leaf = dotted.split(".")
-    for section in sections:
-        params = params[section]
-    params[leaf] = value
+@functools.cache
+def _shipped_params_dict() -> dict:
+    return yaml.safe_load(shipped_params_text())
 
 
 def params_with(dotted: str, value: object) -> dict:
     """The shipped params as a mapping, with one key set to `value`."""
-    params = copy.deepcopy(SHIPPED_PARAMS_DICT)
+    params = copy.deepcopy(_shipped_params_dict())
     set_param(params, dotted, value)
     return params
 
@@ -92,31 +88,6 @@ def commit_all(root: Path, message: str) -> None:
 def stages_that_ran(output: str) -> set[str]:
     """Stage names DVC reports as run in its output."""
     return set(re.findall(r"Running stage '(\w+)'", output))
-
-
-def copy_project(root: Path) -> Path:
-    """A new git repository at `root` holding the project's code as it is in the working tree.
-
-    Pipeline results a run may have left (dvc.lock, metrics/) are not copied, and params.yaml is
-    the committed one (see `shipped_params_text`).
-    """
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\n")
-    for name in filter(None, listed):
-        if name == "dvc.lock" or name.startswith(("benchmarks/", "docs/", "metrics/")):
-            continue
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    (root / "params.yaml").write_text(SHIPPED_PARAMS)
-    run(["git", "init", "-q"], root)
-    commit_all(root, "copy")
-    return root
 
 
 def save_random_model(root: Path, classes: list[str], *, units: int) -> None:
