@@ -47,9 +47,9 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# params.schema.json, the JSON Schema of params.yaml that editors read, from tlpipe/params.py.
+# params.schema.json, the JSON Schema of params.yaml that editors read, from tlpipe/core/params.py.
 schema: install
-	$(BIN)/python -c "from tlpipe.params import write_schema; write_schema()"
+	$(BIN)/python -c "from tlpipe.core.params import write_schema; write_schema()"
 
 # .dvc/plots/page.html, the plots page with Vega inlined, from the npm packages pinned in
 # .dvc/plots/build_page.py (needs npm and the registry).

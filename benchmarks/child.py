@@ -3,7 +3,8 @@
     python -m benchmarks.child <kind> <report.json> '<JSON keyword arguments>'
 
 `rss`: the features stage's extraction on a memory-mapped file of uint8 images; `stage`: a stage
-module (or `tlpipe.cli`) run as `python -m` runs it. Each writes its report, peak RSS included.
+module (or `tlpipe.outputs.cli`) run as `python -m` runs it. Each writes its report, peak RSS
+included.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ def extract(images: str, batch_size: int, workdir: str, precision: str) -> dict:
     """extract_features over the memory-mapped `images`, as stages/features.py calls it."""
     import psutil
 
-    from tlpipe.backbone import boundary_layer, split_at
-    from tlpipe.features import compile_forward, extract_features
-    from tlpipe.precision import computing_in
-    from tlpipe.storage import load_array
+    from tlpipe.compute.features import compile_forward, extract_features
+    from tlpipe.compute.precision import computing_in
+    from tlpipe.core.arrays import load_array
+    from tlpipe.core.backbone import boundary_layer, split_at
 
     pixels = load_array(Path(images))  # (N, 32, 32, 3) uint8, memory-mapped
     base = conv_base(pixels.shape[1])

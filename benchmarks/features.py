@@ -4,7 +4,7 @@ On the same uint8 images (N, 32, 32, 3) and the conv base `build_conv_base` retu
 normalisation layer included), alternating within each round:
 
 - naive: the textbook loop, `conv_base.predict(batch)` on batches of 20 copied into an array;
-- pipeline: `tlpipe.features.extract_features` split at the freeze boundary, under
+- pipeline: `tlpipe.compute.features.extract_features` split at the freeze boundary, under
   `computing_in(features.precision as chosen for this CPU)`, reading a memory-mapped .npy and
   streaming both caches to .npy, exactly as stages/features.py runs it;
 - onnxruntime: the same conv base exported to ONNX by tf2onnx, on the same images (the peer);
@@ -78,10 +78,10 @@ def naive_loop(base, images: np.ndarray) -> tuple[Callable[[], None], np.ndarray
 
 def stage_path(base, images_path: Path, *, batch_size: int, precision: str, workdir: Path):
     """(run, head-features file): stages/features.py's calls on a memory-mapped input, warm."""
-    from tlpipe.backbone import boundary_layer, split_at
-    from tlpipe.features import compile_forward, extract_features
-    from tlpipe.precision import computing_in
-    from tlpipe.storage import load_array
+    from tlpipe.compute.features import compile_forward, extract_features
+    from tlpipe.compute.precision import computing_in
+    from tlpipe.core.arrays import load_array
+    from tlpipe.core.backbone import boundary_layer, split_at
 
     bottom, top = split_at(base, boundary_layer(base, UNFREEZE_FROM))
     images = load_array(images_path)  # (N, 32, 32, 3) uint8, memory-mapped as the stage reads it
@@ -175,8 +175,8 @@ def measure(ctx: Context, precision: str) -> dict:
 
 
 def run(ctx: Context) -> tuple[dict, list[Row]]:
-    from tlpipe.params import load_params
-    from tlpipe.precision import choose_precision
+    from tlpipe.compute.precision import choose_precision
+    from tlpipe.core.params import load_params
 
     precision = choose_precision(load_params().features.precision, stage="benchmark features")
     r = measure(ctx, precision)

@@ -1,10 +1,10 @@
 """Fine-tuning from the cache against fine-tuning on images, with the finetune stage's own parts.
 
 `build_head`, `build_finetune_models` and `compile_classifier` build and compile the models as
-stages/finetune.py does; both feed them `tlpipe.streaming.batches` over .npy files, as the stage
-does with and without `finetune.augment` (the augmentation layers aside): one epoch on the cached
-boundary activations against one epoch of the full model on uint8 images. Also: the demo's
-fine-tuning epoch fed from memory, from a float32 cache and from a float16 cache.
+stages/finetune.py does; both feed them `tlpipe.compute.streaming.batches` over .npy files, as
+the stage does with and without `finetune.augment` (the augmentation layers aside): one epoch on
+the cached boundary activations against one epoch of the full model on uint8 images. Also: the
+demo's fine-tuning epoch fed from memory, from a float32 cache and from a float16 cache.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ DEMO_UNFREEZE = "block4_conv1"
 
 def models(size: int, unfreeze_from: str):
     """(trainable part, full model, bottom): the stage's models on a seeded random VGG16."""
-    from tlpipe.backbone import boundary_layer, split_at
-    from tlpipe.params import load_params
-    from tlpipe.training import build_finetune_models, build_head
+    from tlpipe.compute.training import build_finetune_models, build_head
+    from tlpipe.core.backbone import boundary_layer, split_at
+    from tlpipe.core.params import load_params
 
     base = conv_base(size)
     train = load_params().train
@@ -64,9 +64,9 @@ def epoch_seconds(model, dataset, *, reps: int) -> list[float]:
 
 def cached_vs_full(workdir: Path, *, size: int, n: int, reps: int, batch_size: int):
     """(cached epoch s, full epoch s), block5 and the head training; the two alternate."""
-    from tlpipe.storage import open_rows, save_array
-    from tlpipe.streaming import batches
-    from tlpipe.training import compile_classifier
+    from tlpipe.compute.streaming import batches
+    from tlpipe.compute.training import compile_classifier
+    from tlpipe.core.arrays import open_rows, save_array
 
     trainable, full, bottom = models(size, UNFREEZE_FROM)
     pixels = write_pixels(workdir / f"ft{size}_x.npy", n, size, seed=size)  # (n, s, s, 3) uint8
@@ -90,10 +90,10 @@ def cached_vs_full(workdir: Path, *, size: int, n: int, reps: int, batch_size: i
 def stream_vs_memory(workdir: Path, *, n: int, reps: int, batch_size: int) -> dict[str, float]:
     """Seconds per epoch of the demo's fine-tuning (block4 unfrozen, on `n` cached 4x4x256
     activations at 32 px; the demo has 1,257) fed from NumPy arrays in memory, from a float32 .npy
-    and from a float16 .npy through `tlpipe.streaming.batches`; epochs alternate."""
-    from tlpipe.storage import open_rows
-    from tlpipe.streaming import batches
-    from tlpipe.training import compile_classifier
+    and from a float16 .npy through `tlpipe.compute.streaming.batches`; epochs alternate."""
+    from tlpipe.compute.streaming import batches
+    from tlpipe.compute.training import compile_classifier
+    from tlpipe.core.arrays import open_rows
 
     trainable, _, _ = models(32, DEMO_UNFREEZE)
     rng = np.random.default_rng(SEED)

@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 
 import tlpipe  # noqa: F401  first: oneDNN on, TensorFlow's start-up notices off
-from tlpipe.cpu import cpu_flags, cpu_model, kernel_flags, onednn_setting
+from tlpipe.core.cpu import cpu_flags, cpu_model, kernel_flags, onednn_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 42
@@ -140,8 +140,8 @@ def work_scale(mode: str) -> tuple[float, float]:
 def conv_base(image_size: int, seed: int = SEED):
     """The conv base the features stage builds: seeded random VGG16 behind its normalisation
     layer (uint8-valued pixels in), as `stages/features.py` does with `backbone.weights: none`."""
-    from tlpipe.backbone import build_conv_base
-    from tlpipe.runtime import seed_everything
+    from tlpipe.core.backbone import build_conv_base
+    from tlpipe.core.runtime import seed_everything
 
     seed_everything(seed)  # what every stage does first: same weights, deterministic ops
     return build_conv_base("vgg16", "none", image_size=image_size)

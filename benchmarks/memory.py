@@ -74,7 +74,7 @@ def write_photos(folder: Path, *, n: int, seed: int) -> None:
 
 def write_caches(root: Path, sizes: dict[str, int], name: str, shape: tuple[int, ...]) -> None:
     """Random float16 feature caches (`name`: head or boundary) as the features stage writes."""
-    from tlpipe import paths
+    from tlpipe.core import paths
 
     path = {"head": paths.head_features, "boundary": paths.boundary_features}[name]
     rng = np.random.default_rng(len(name))
@@ -95,7 +95,7 @@ def splits(n: int) -> dict[str, int]:
 
 def intake_stages(base: Path, n: dict[str, int], seed: int) -> dict[str, float]:
     """download (photo folder and tensorflow-datasets' mock CIFAR-10) and prepare."""
-    from tlpipe import paths
+    from tlpipe.core import paths
 
     rss = {}
     root = project(base / "download", **{"data.dataset": "folder", "data.folder": "photos"})
@@ -114,7 +114,7 @@ def intake_stages(base: Path, n: dict[str, int], seed: int) -> dict[str, float]:
 
 def model_stages(base: Path, n: dict[str, int], seed: int) -> dict[str, float]:
     """features, train, finetune, evaluate and `tlpipe predict`, each on synthetic inputs."""
-    from tlpipe import paths
+    from tlpipe.core import paths
 
     rss = {}
     root = project(base / "features")
@@ -145,7 +145,7 @@ def model_stages(base: Path, n: dict[str, int], seed: int) -> dict[str, float]:
     write_photos(root / "photos", n=n["predict"], seed=10 + seed)
     model = str(base / "finetune" / paths.MODEL_FILE)
     args = ("predict", "--batch-size", str(BATCH), "--model", model, "photos")
-    rss["predict"] = stage_rss(root, "tlpipe.cli", *args)
+    rss["predict"] = stage_rss(root, "tlpipe.outputs.cli", *args)
     return rss
 
 
@@ -172,7 +172,7 @@ def extraction_rss(ctx: Context, precision: str) -> dict[int, dict]:
 
 def bytes_per_image_224(workdir: Path, dtype: str) -> dict[str, float]:
     """What prepare and features write per 224 px image: prepared pixels and the two caches."""
-    from tlpipe import paths
+    from tlpipe.core import paths
 
     root = project(
         workdir / f"bytes-{dtype}", **{"prepare.image_size": 224, "features.dtype": dtype}

@@ -1,5 +1,5 @@
 """bfloat16 (Keras mixed precision, as `features.precision` / `finetune.precision: bfloat16` run
-it through `tlpipe.precision.computing_in`) against float32, on the same work, alternating:
+it through `tlpipe.compute.precision.computing_in`) against float32, on the same work, alternating:
 
 - the features stage's path over uint8 images at 64 px (block5 on 4x4 maps, where padding taps no
   longer dominate), each precision's rate against the 4096^2 matmul of its own dtype;
@@ -44,8 +44,8 @@ SIZES = {
 
 def finetune_epochs(ctx: Context, n: int, stack: ExitStack) -> dict[str, Callable[[], object]]:
     """One cached fine-tuning epoch per (size, precision) on random boundary activations, warm."""
-    from tlpipe.precision import computing_in
-    from tlpipe.training import compile_classifier
+    from tlpipe.compute.precision import computing_in
+    from tlpipe.compute.training import compile_classifier
 
     rng, epochs = np.random.default_rng(SEED), {}
     for size in FINETUNE_SIZES:
@@ -69,7 +69,7 @@ def filter_gradients(batch_size: int) -> dict[str, Callable[[], object]]:
     kernel) in TensorFlow's float32 and bfloat16 kernels and by taps in bfloat16, warm."""
     import tensorflow as tf
 
-    from tlpipe.precision import filter_gradient_by_taps
+    from tlpipe.compute.precision import filter_gradient_by_taps
 
     shape = (batch_size, 9, 9, 512)
     inputs = tf.random.stateless_normal(shape, seed=(5, 6))

@@ -87,7 +87,7 @@ def book_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_studies(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict]:
-    from tlpipe.params import load_params
+    from tlpipe.core.params import load_params
 
     params = load_params(harness.ROOT / "params.yaml")
     mode = "quick" if args.quick else "full"

@@ -6,11 +6,11 @@ disk as it is read, with what was read (name, exact version) in data/raw/source.
 `data.limit` keeps a seeded, class-stratified sample of the training images.
 """
 
-from tlpipe.params import load_params
-from tlpipe.paths import RAW_DIR, raw_images
-from tlpipe.runtime import run_stage
-from tlpipe.sources import limit_training, write_dataset
-from tlpipe.storage import open_rows
+from tlpipe.core.arrays import open_rows
+from tlpipe.core.params import load_params
+from tlpipe.core.paths import RAW_DIR, raw_images
+from tlpipe.core.runtime import run_stage
+from tlpipe.data.sources import limit_training, write_dataset
 
 
 def main() -> None:

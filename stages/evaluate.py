@@ -8,8 +8,12 @@ samples.png (test images with predicted and true labels, misclassified first).
 
 import numpy as np
 
-from tlpipe.params import load_params
-from tlpipe.paths import (
+from tlpipe.compute.archives import load_model
+from tlpipe.compute.streaming import batches
+from tlpipe.core.arrays import check_same_rows, load_array, open_rows
+from tlpipe.core.jsonfiles import load_json, save_json
+from tlpipe.core.params import load_params
+from tlpipe.core.paths import (
     HEAD_FILE,
     METRICS_FILE,
     MODEL_FILE,
@@ -22,10 +26,8 @@ from tlpipe.paths import (
     prepared_labels,
     raw_images,
 )
-from tlpipe.report import scores, write_report
-from tlpipe.runtime import run_stage
-from tlpipe.storage import check_same_rows, load_array, load_json, load_model, open_rows, save_json
-from tlpipe.streaming import batches
+from tlpipe.core.runtime import run_stage
+from tlpipe.outputs.report import scores, write_report
 
 
 def raw_test_images(rows: np.ndarray) -> np.ndarray:

@@ -10,10 +10,12 @@ scores the card reports.
 
 from pathlib import Path
 
-from tlpipe.card import model_card
-from tlpipe.export import export_model, use_pure_python_protobuf
-from tlpipe.params import load_params
-from tlpipe.paths import (
+from tlpipe.compute.archives import load_model, load_model_info
+from tlpipe.core.arrays import load_array
+from tlpipe.core.files import atomic_folder, atomic_path
+from tlpipe.core.jsonfiles import load_json
+from tlpipe.core.params import load_params
+from tlpipe.core.paths import (
     EXPORT_DIR,
     FEATURES_COMPUTE_FILE,
     FINETUNE_COMPUTE_FILE,
@@ -26,15 +28,9 @@ from tlpipe.paths import (
     TRAIN_COMPUTE_FILE,
     prepared_labels,
 )
-from tlpipe.runtime import run_stage
-from tlpipe.storage import (
-    atomic_folder,
-    atomic_path,
-    load_array,
-    load_json,
-    load_model,
-    load_model_info,
-)
+from tlpipe.core.runtime import run_stage
+from tlpipe.outputs.card import model_card
+from tlpipe.outputs.export import export_model, use_pure_python_protobuf
 
 
 def size_in_bytes(path: Path) -> int:

@@ -12,12 +12,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tlpipe.backbone import boundary_layer, build_conv_base, split_at
-from tlpipe.cluster import extract_on_cluster, provisional
-from tlpipe.cpu import compute_record, usable_cores
-from tlpipe.features import check_free_space, compile_forward, extract_features
-from tlpipe.params import Params, load_params
-from tlpipe.paths import (
+from tlpipe.compute.archives import save_model
+from tlpipe.compute.cluster import extract_on_cluster, provisional
+from tlpipe.compute.features import check_free_space, compile_forward, extract_features
+from tlpipe.compute.precision import choose_precision, computing_in
+from tlpipe.core.arrays import load_array
+from tlpipe.core.backbone import boundary_layer, build_conv_base, split_at
+from tlpipe.core.cpu import compute_record, usable_cores
+from tlpipe.core.files import RERUN_HINT
+from tlpipe.core.jsonfiles import save_json
+from tlpipe.core.params import Params, load_params
+from tlpipe.core.paths import (
     BACKBONE_FILE,
     BOUNDARY_INFO_FILE,
     FEATURES_COMPUTE_FILE,
@@ -27,9 +32,7 @@ from tlpipe.paths import (
     head_features,
     prepared_images,
 )
-from tlpipe.precision import choose_precision, computing_in
-from tlpipe.runtime import UserError, run_stage, seed_everything
-from tlpipe.storage import RERUN_HINT, load_array, save_json, save_model
+from tlpipe.core.runtime import UserError, run_stage, seed_everything
 
 if TYPE_CHECKING:
     import keras

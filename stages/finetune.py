@@ -12,10 +12,22 @@ metrics/finetune/ with DVCLive.
 
 import keras
 
-from tlpipe.backbone import boundary_layer
-from tlpipe.cpu import compute_record
-from tlpipe.params import load_params
-from tlpipe.paths import (
+from tlpipe.compute.archives import load_model, save_model
+from tlpipe.compute.precision import choose_precision, computing_in
+from tlpipe.compute.streaming import batches
+from tlpipe.compute.training import (
+    build_augmentation,
+    build_finetune_models,
+    compile_classifier,
+    fit_logged,
+    replica_scope,
+)
+from tlpipe.core.arrays import check_same_rows, open_rows
+from tlpipe.core.backbone import boundary_layer
+from tlpipe.core.cpu import compute_record
+from tlpipe.core.jsonfiles import load_json, save_json
+from tlpipe.core.params import load_params
+from tlpipe.core.paths import (
     BACKBONE_FILE,
     FINETUNE_COMPUTE_FILE,
     FINETUNE_LIVE_DIR,
@@ -28,17 +40,7 @@ from tlpipe.paths import (
     prepared_images,
     prepared_labels,
 )
-from tlpipe.precision import choose_precision, computing_in
-from tlpipe.runtime import run_stage, seed_everything, use_threads
-from tlpipe.storage import check_same_rows, load_json, load_model, open_rows, save_json, save_model
-from tlpipe.streaming import batches
-from tlpipe.training import (
-    build_augmentation,
-    build_finetune_models,
-    compile_classifier,
-    fit_logged,
-    replica_scope,
-)
+from tlpipe.core.runtime import run_stage, seed_everything, use_threads
 
 
 def main() -> None:

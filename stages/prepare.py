@@ -8,11 +8,12 @@ images is held out.
 
 import numpy as np
 
-from tlpipe.params import load_params
-from tlpipe.paths import PREPARED_DIR, RAW_DIR, SPLITS, classes_file, raw_images, raw_labels
-from tlpipe.runtime import UserError, run_stage
-from tlpipe.splits import split_indices, write_split
-from tlpipe.storage import load_array, load_json, open_rows, save_json
+from tlpipe.core.arrays import load_array, open_rows
+from tlpipe.core.jsonfiles import load_json, save_json
+from tlpipe.core.params import load_params
+from tlpipe.core.paths import PREPARED_DIR, RAW_DIR, SPLITS, classes_file, raw_images, raw_labels
+from tlpipe.core.runtime import UserError, run_stage
+from tlpipe.data.splits import split_indices, write_split
 
 
 def main() -> None:

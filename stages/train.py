@@ -5,19 +5,21 @@ stopping; writes models/head.keras and per-epoch loss/accuracy (train and val) t
 with DVCLive.
 """
 
-from tlpipe.cpu import compute_record
-from tlpipe.params import load_params
-from tlpipe.paths import (
+from tlpipe.compute.archives import save_model
+from tlpipe.compute.streaming import batches
+from tlpipe.compute.training import build_head, compile_classifier, fit_logged, replica_scope
+from tlpipe.core.arrays import check_same_rows, open_rows
+from tlpipe.core.cpu import compute_record
+from tlpipe.core.jsonfiles import save_json
+from tlpipe.core.params import load_params
+from tlpipe.core.paths import (
     HEAD_FILE,
     TRAIN_COMPUTE_FILE,
     TRAIN_LIVE_DIR,
     head_features,
     prepared_labels,
 )
-from tlpipe.runtime import run_stage, seed_everything, use_threads
-from tlpipe.storage import check_same_rows, open_rows, save_json, save_model
-from tlpipe.streaming import batches
-from tlpipe.training import build_head, compile_classifier, fit_logged, replica_scope
+from tlpipe.core.runtime import run_stage, seed_everything, use_threads
 
 
 def main() -> None:

@@ -95,10 +95,11 @@ def save_random_model(root: Path, classes: list[str], *, units: int) -> None:
     at 32 px under a small head, for tests of `tlpipe` that need a model but no pipeline run."""
     import keras
 
-    from tlpipe.backbone import build_conv_base
-    from tlpipe.runtime import seed_everything
-    from tlpipe.storage import save_json, save_model
-    from tlpipe.training import build_head
+    from tlpipe.compute.archives import save_model
+    from tlpipe.compute.training import build_head
+    from tlpipe.core.backbone import build_conv_base
+    from tlpipe.core.jsonfiles import save_json
+    from tlpipe.core.runtime import seed_everything
 
     seed_everything(0)
     base = build_conv_base("vgg16", "none", image_size=32)

@@ -1,5 +1,5 @@
 """Building a project for a test or the benchmark: its params, synthetic prepared arrays, and a
-copy of the repository to run `dvc` in. Every path comes from `tlpipe.paths`.
+copy of the repository to run `dvc` in. Every path comes from `tlpipe.core.paths`.
 
 Standard library, numpy and PyYAML only, and no work at import time: the benchmark imports this
 module before TensorFlow starts.
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tlpipe import paths
+from tlpipe.core import paths
 
 REPO = Path(__file__).resolve().parents[1]
 # Left out of a project copy: pipeline results a run may have left, and what no stage reads.

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from tests.helpers import params_with
-from tlpipe.backbone import BACKBONES, boundary_layer, build_conv_base, split_at
-from tlpipe.features import extract_features
-from tlpipe.images import to_model_input
-from tlpipe.params import parse_params
-from tlpipe.runtime import seed_everything
-from tlpipe.storage import load_array
-from tlpipe.training import build_finetune_models, build_head
+from tlpipe.compute.features import extract_features
+from tlpipe.compute.training import build_finetune_models, build_head
+from tlpipe.core.arrays import load_array
+from tlpipe.core.backbone import BACKBONES, boundary_layer, build_conv_base, split_at
+from tlpipe.core.params import parse_params
+from tlpipe.core.runtime import seed_everything
+from tlpipe.data.images import to_model_input
 
 
 def test_every_backbone_named_in_params_is_buildable():

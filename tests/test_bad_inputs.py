@@ -149,7 +149,7 @@ class Assets:
         path = self.folder / "tiny.keras"
         script = (
             "import sys, keras\n"
-            "from tlpipe.storage import save_model\n"
+            "from tlpipe.compute.archives import save_model\n"
             "keras.utils.set_random_seed(0)\n"
             "save_model(keras.Sequential([keras.Input((32, 32, 3)), "
             "keras.layers.Conv2D(4, 3, strides=4),\n"

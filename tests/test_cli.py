@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from tests.helpers import VENV_BIN, run, save_random_model
-from tlpipe.images import to_model_input
-from tlpipe.storage import load_model
+from tlpipe.compute.archives import load_model
+from tlpipe.data.images import to_model_input
 
 CLASSES = ["cat", "dog", "horse"]
 

@@ -21,7 +21,7 @@ import yaml
 
 from tests.helpers import OFFLINE, REPO, TINY, command_env, copy_project
 from tests.ray_loopback import HEAD, WORKER, free_port, loopback_cluster
-from tlpipe.cluster import Shard, plan_shards
+from tlpipe.compute.cluster import Shard, plan_shards
 
 FEATURES_OUTS = (
     "data/features/head",

@@ -3,7 +3,7 @@ temporary files.
 
 `tlpipe predict` may load models/model.keras while `dvc repro` rewrites it, and `dvc queue start
 -j 2` runs two experiments at once. Every output is written under a temporary name unique to its
-process and renamed into place (tlpipe/storage.py atomic_path).
+process and renamed into place (`atomic_path` in tlpipe/core/files.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from tests.helpers import (
     run,
     set_param,
 )
-from tlpipe.storage import atomic_path, load_model, save_model
+from tlpipe.compute.archives import load_model, save_model
+from tlpipe.core.files import atomic_path
 
 
 def small_model(seed: int) -> keras.Model:
@@ -71,7 +72,7 @@ def test_a_model_being_rewritten_loads_whole_as_the_old_model(tmp_path: Path):
 HOLD_A_TEMPORARY = """
 import sys
 from pathlib import Path
-from tlpipe.storage import atomic_path
+from tlpipe.core.files import atomic_path
 with atomic_path(Path(sys.argv[1])) as temporary:
     temporary.write_text("from the other writer")
     print(temporary, flush=True)

@@ -1,5 +1,5 @@
-"""tlpipe/cpu.py: oneDNN on for every x86 CPU before TensorFlow loads, unless the user chose; the
-flags its kernels may use; the record of what a stage computed on."""
+"""tlpipe/core/cpu.py: oneDNN on for every x86 CPU before TensorFlow loads, unless the user chose;
+the flags its kernels may use; the record of what a stage computed on."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.helpers import command_env
-from tlpipe.cpu import compute_record, kernel_flags, onednn_setting, use_onednn
+from tlpipe.core.cpu import compute_record, kernel_flags, onednn_setting, use_onednn
 
 CPUINFO = "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 fma avx512f avx512_bf16\n"
 

@@ -3,8 +3,8 @@ changes.
 
 Each stage runs as DVC runs it, `python -m stages.<name>`, in a fresh process whose CPU affinity
 is one core or two: TensorFlow's default thread count follows the affinity mask, as it follows
-the CPUs Ray gives an actor. With oneDNN (on for every x86 CPU, tlpipe/cpu.py) the feature caches
-are the same bytes either way; training depends on the thread count, so `threads` pins it.
+the CPUs Ray gives an actor. With oneDNN (on for every x86 CPU, tlpipe/core/cpu.py) the feature
+caches are the same bytes either way; training depends on the thread count, so `threads` pins it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from tests.helpers import SHIPPED_PARAMS, VENV_BIN, command_env
-from tlpipe.cpu import kernel_flags
-from tlpipe.precision import effective_precision
+from tlpipe.compute.precision import effective_precision
+from tlpipe.core.cpu import kernel_flags
 
 FEATURE_FILES = (
     "head/train.npy",

@@ -4,7 +4,7 @@ file that the README and the site name exists.
 "Exists" means: a `make` target is in the Makefile; a `tlpipe` subcommand and its options are in
 its parser; a `dvc` subcommand is one DVC has; `python -m <module>` names a module here; a path
 that starts at one of the repository's folders or files is there, or, for pipeline outputs
-(data/, models/, metrics/), is one dvc.yaml or tlpipe/paths.py defines.
+(data/, models/, metrics/), is one dvc.yaml or tlpipe/core/paths.py defines.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from tests.helpers import REPO, VENV_BIN
-from tlpipe import paths
-from tlpipe.cli import build_parser
+from tlpipe.core import paths
+from tlpipe.outputs.cli import build_parser
 
 PAGES = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
 # Material for MkDocs 9.8 prints an end-of-life banner on every build; it is not a build warning.
@@ -83,7 +83,7 @@ def named_paths(text: str) -> set[str]:
 
 
 def pipeline_outputs() -> set[str]:
-    """Every output path dvc.yaml and tlpipe.paths define, and the folders above them."""
+    """Every output path dvc.yaml and tlpipe.core.paths define, and the folders above them."""
     defined = {str(value) for value in vars(paths).values() if isinstance(value, Path)}
     for split in paths.SPLITS:
         for function in (paths.head_features, paths.boundary_features):

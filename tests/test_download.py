@@ -9,10 +9,12 @@ import pytest
 from PIL import Image
 
 from tests.helpers import params_with
-from tlpipe.params import parse_params
-from tlpipe.paths import raw_images, raw_labels, source_file
-from tlpipe.runtime import UserError
-from tlpipe.sources import (
+from tlpipe.core.arrays import load_array
+from tlpipe.core.jsonfiles import load_json
+from tlpipe.core.params import parse_params
+from tlpipe.core.paths import raw_images, raw_labels, source_file
+from tlpipe.core.runtime import UserError
+from tlpipe.data.sources import (
     RawDataset,
     limit_training,
     load_digits,
@@ -21,7 +23,6 @@ from tlpipe.sources import (
     write_raw,
     write_tfds,
 )
-from tlpipe.storage import load_array, load_json
 
 
 def make_folder(root, sizes=((20, 16),), per_class=3):

@@ -18,8 +18,8 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from tests.helpers import OFFLINE, REPO, VENV_BIN, copy_project, run, stages_that_ran
-from tlpipe.export import canonical_onnx, resize_pixels
-from tlpipe.images import to_model_input
+from tlpipe.data.images import to_model_input
+from tlpipe.outputs.export import canonical_onnx, resize_pixels
 
 # The tiny offline pipeline, smaller still: the model only has to exist, not to be good.
 QUICK = ["-S", "data.limit=200", "-S", "train.epochs=1", "-S", "finetune.epochs=1"]

@@ -35,10 +35,10 @@ EXPORT = """
 import sys
 from pathlib import Path
 
-from tlpipe.export import export_model, use_pure_python_protobuf
+from tlpipe.outputs.export import export_model, use_pure_python_protobuf
 
 use_pure_python_protobuf()
-from tlpipe.storage import load_model
+from tlpipe.compute.archives import load_model
 
 root = Path(sys.argv[1])
 (root / "export").mkdir()

@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 
 from tests.helpers import SHIPPED_PARAMS, commit_all, copy_project, run, set_param, stages_that_ran
-from tlpipe.paths import NO_FOLDER, raw_labels
+from tlpipe.core.paths import NO_FOLDER, raw_labels
 
 PER_CLASS = 12  # enough for prepare's stratified val and test splits
 

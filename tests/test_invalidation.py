@@ -31,7 +31,7 @@ from tests.helpers import (
     run,
     set_param,
 )
-from tlpipe.params import parse_params
+from tlpipe.core.params import parse_params
 
 STAGES = ALL_STAGES
 SEEDED = frozenset({"download", "prepare", "features", "train", "finetune"})
@@ -82,31 +82,45 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "stages/finetune.py": (None, frozenset({"finetune"})),
     "stages/evaluate.py": (None, frozenset({"evaluate"})),
     "stages/export.py": (None, frozenset({"export"})),
-    "tlpipe/sources.py": (None, frozenset({"download"})),
-    "tlpipe/images.py": (None, frozenset({"download", "prepare"})),  # prepare: via splits.py
-    "tlpipe/splits.py": (None, frozenset({"prepare"})),
-    "tlpipe/features.py": (None, frozenset({"features"})),
-    "tlpipe/precision.py": (None, frozenset({"features", "finetune"})),
-    "tlpipe/cluster.py": (None, frozenset({"features"})),
-    "tlpipe/streaming.py": (None, frozenset({"train", "finetune", "evaluate"})),
-    "tlpipe/training.py": (None, frozenset({"train", "finetune"})),
-    "tlpipe/report.py": (None, frozenset({"evaluate"})),
-    "tlpipe/export.py": (None, frozenset({"export"})),
-    "tlpipe/card.py": (None, frozenset({"export"})),
-    # params.py reads the backbone table, so every stage imports these six (normalization.py: the
-    # models' first layer, built by backbone.py and registered before storage.py loads a model).
-    "tlpipe/normalization.py": (None, STAGES),
-    "tlpipe/backbone.py": (None, STAGES),
-    "tlpipe/params.py": (None, STAGES),
-    "tlpipe/paths.py": (None, STAGES),
-    "tlpipe/runtime.py": (None, STAGES),
-    # cpu.py: through runtime.py; it also turns oneDNN on before TensorFlow loads (tlpipe/__init__)
-    "tlpipe/cpu.py": (None, STAGES),
-    "tlpipe/storage.py": (None, STAGES),
+    # tlpipe/core: what every stage imports (dvc.yaml declares the folder once per stage). params.py
+    # reads the backbone table; normalization.py is the models' first layer; runtime.py holds the
+    # threads and imports cpu.py, which also turns oneDNN on before TensorFlow loads.
+    **{
+        f"tlpipe/core/{name}.py": (None, STAGES)
+        for name in (
+            "paths",
+            "params",
+            "runtime",
+            "cpu",
+            "backbone",
+            "normalization",
+            "files",
+            "arrays",
+            "jsonfiles",
+        )
+    },
+    # The subpackages' __init__.py hold a docstring only (the guard test below): core's is part of
+    # the declared folder, the others are declared by no stage.
+    "tlpipe/core/__init__.py": (None, STAGES),
+    "tlpipe/data/__init__.py": (None, frozenset()),
+    "tlpipe/compute/__init__.py": (None, frozenset()),
+    "tlpipe/outputs/__init__.py": (None, frozenset()),
+    "tlpipe/data/sources.py": (None, frozenset({"download"})),
+    "tlpipe/data/images.py": (None, frozenset({"download", "prepare"})),  # prepare: via splits.py
+    "tlpipe/data/splits.py": (None, frozenset({"prepare"})),
+    "tlpipe/compute/features.py": (None, frozenset({"features"})),
+    "tlpipe/compute/precision.py": (None, frozenset({"features", "finetune"})),
+    "tlpipe/compute/cluster.py": (None, frozenset({"features"})),
+    "tlpipe/compute/streaming.py": (None, frozenset({"train", "finetune", "evaluate"})),
+    "tlpipe/compute/training.py": (None, frozenset({"train", "finetune"})),
+    "tlpipe/compute/archives.py": (None, STAGES - {"download", "prepare"}),  # Keras model files
+    "tlpipe/outputs/report.py": (None, frozenset({"evaluate"})),
+    "tlpipe/outputs/export.py": (None, frozenset({"export"})),
+    "tlpipe/outputs/card.py": (None, frozenset({"export"})),
     # The `tlpipe` command (predict, summary, review): no stage imports it, it reads the
     # pipeline's outputs; review.py runs the pipeline through DVC.
-    "tlpipe/cli.py": (None, frozenset()),
-    "tlpipe/review.py": (None, frozenset()),
+    "tlpipe/outputs/cli.py": (None, frozenset()),
+    "tlpipe/outputs/review.py": (None, frozenset()),
     # The package inits run before every stage but only call startup.py, which quiets TensorFlow's
     # start-up notices and checks the interpreter (stderr and exit status, never an output):
     # declaring them would rerun the whole pipeline for a logging tweak. The guard test below
@@ -141,7 +155,9 @@ def leaves(node: dict, prefix: str = "") -> set[str]:
 def test_table_covers_every_params_key_and_every_stage_module():
     assert set(KEYS) | set(UNDECLARED) == leaves(yaml.safe_load(SHIPPED_PARAMS))
     assert not set(KEYS) & set(UNDECLARED)
-    modules = {f"{folder}{path.name}" for folder in CODE for path in (REPO / folder).glob("*.py")}
+    modules = {
+        str(path.relative_to(REPO)) for folder in CODE for path in (REPO / folder).rglob("*.py")
+    }
     assert set(MODULES) == modules
 
 
@@ -158,11 +174,32 @@ def imported_names(tree: ast.AST) -> set[str]:
 
 
 def module_path(name: str) -> str | None:
-    """stages/x.py or tlpipe/x.py for a dotted module name, if it is one of ours."""
+    """stages/x.py or tlpipe/[package/]x.py for a dotted module name, if it is one of ours (a
+    package itself, `tlpipe.core`, is its docstring-only __init__: no module)."""
     parts = name.split(".")
-    if len(parts) > 1 and f"{parts[0]}/" in CODE and (REPO / parts[0] / f"{parts[1]}.py").is_file():
-        return f"{parts[0]}/{parts[1]}.py"
+    if f"{parts[0]}/" not in CODE:
+        return None
+    for depth in range(len(parts), 1, -1):
+        path = "/".join(parts[:depth]) + ".py"
+        if (REPO / path).is_file():
+            return path
     return None
+
+
+def declared_code(stage: str) -> set[str]:
+    """The stages/ and tlpipe/ deps dvc.yaml lists for `stage`, a folder as its modules."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    declared = set()
+    for dep in stages[stage]["deps"]:
+        if dep.startswith(CODE) and (REPO / dep).is_dir():
+            declared |= {
+                str(path.relative_to(REPO))
+                for path in (REPO / dep).glob("*.py")
+                if path.name != "__init__.py"
+            }
+        elif dep.startswith(CODE):
+            declared.add(dep)
+    return declared
 
 
 def code_imports(module: str) -> set[str]:
@@ -182,18 +219,21 @@ def test_module_rows_match_the_import_graph():
     """The module rows of the table are what the code imports: `python -m stages.<stage>` runs
     them."""
     importers = {module: set() for module in MODULES}
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for stage in STAGES:
         for module in code_imports(f"stages/{stage}.py") | {f"stages/{stage}.py"}:
             importers[module].add(stage)
+        for dep in stages[stage]["deps"]:  # a declared folder: its __init__.py is a dep too
+            if dep.startswith(CODE) and (REPO / dep / "__init__.py").is_file():
+                importers[f"{dep}/__init__.py"].add(stage)
     assert {module: set(READERS[module][1]) for module in MODULES} == importers
 
 
 def test_dvc_yaml_declares_exactly_the_code_each_stage_runs():
     """Each stage's code deps in dvc.yaml: its module and every module it imports, no more."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for stage in STAGES:
-        declared = {dep for dep in stages[stage]["deps"] if dep.startswith(CODE)}
-        assert declared == code_imports(f"stages/{stage}.py") | {f"stages/{stage}.py"}, stage
+        expected = code_imports(f"stages/{stage}.py") | {f"stages/{stage}.py"}
+        assert declared_code(stage) == expected, stage
 
 
 def test_imports_run_one_way():
@@ -215,7 +255,7 @@ def test_package_inits_only_choose_kernels_quiet_tensorflow_and_check_the_interp
         (
             "tlpipe/__init__.py",
             [
-                "from tlpipe.cpu import use_onednn",
+                "from tlpipe.core.cpu import use_onednn",
                 f"from tlpipe.startup import {quiet}",
                 "use_onednn()",
                 f"{quiet}()",
@@ -238,8 +278,11 @@ def test_package_inits_only_choose_kernels_quiet_tensorflow_and_check_the_interp
             "TensorFlow's start-up and check the interpreter, add it to every stage's deps in "
             "dvc.yaml and to all stages in READERS"
         )
-    assert READERS["tlpipe/cpu.py"] == (None, STAGES)
-    for module in ("tlpipe/startup.py", "tlpipe/cpu.py"):
+    assert READERS["tlpipe/core/cpu.py"] == (None, STAGES)
+    for init in sorted((REPO / "tlpipe").glob("*/__init__.py")):
+        body = ast.parse(init.read_text()).body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr), f"{init}: a docstring only"
+    for module in ("tlpipe/startup.py", "tlpipe/core/cpu.py"):
         imported = imported_names(ast.parse((REPO / module).read_text()))
         assert {name.split(".")[0] for name in imported} <= sys.stdlib_module_names | {
             "__future__"
@@ -247,8 +290,9 @@ def test_package_inits_only_choose_kernels_quiet_tensorflow_and_check_the_interp
 
 
 def test_data_paths_in_dvc_yaml_are_those_of_tlpipe_paths():
-    """dvc.yaml repeats the data paths (DVC tracks them); each must be one tlpipe.paths defines."""
-    from tlpipe import paths
+    """dvc.yaml repeats the data paths (DVC tracks them); each must be one tlpipe.core.paths
+    defines."""
+    from tlpipe.core import paths
 
     defined = {str(value) for value in vars(paths).values() if isinstance(value, Path)}
     for split in paths.SPLITS:
@@ -268,7 +312,7 @@ def test_data_paths_in_dvc_yaml_are_those_of_tlpipe_paths():
             path = next(iter(entry)) if isinstance(entry, dict) else entry
             if not path.startswith(CODE):
                 named.add(path)
-    # The one templated path: the image folder, whose placeholder is a tlpipe.paths path.
+    # The one templated path: the image folder, whose placeholder is a tlpipe.core.paths path.
     assert "${data.folder}" in dvc["stages"]["download"]["deps"]
     assert "data" in dvc["stages"]["download"]["params"]
     assert SHIPPED_PARAMS_DICT["data"]["folder"] == str(paths.NO_FOLDER)

@@ -6,11 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from tlpipe.backbone import boundary_layer, split_at
-from tlpipe.features import extract_features
-from tlpipe.runtime import UserError, seed_everything
-from tlpipe.storage import load_array, load_model, save_model
-from tlpipe.training import build_finetune_models, build_head
+from tlpipe.compute.archives import load_model, save_model
+from tlpipe.compute.features import extract_features
+from tlpipe.compute.training import build_finetune_models, build_head
+from tlpipe.core.arrays import load_array
+from tlpipe.core.backbone import boundary_layer, split_at
+from tlpipe.core.runtime import UserError, seed_everything
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
 
 
 def test_augmentation_is_seeded_and_only_active_in_training():
-    from tlpipe.training import build_augmentation
+    from tlpipe.compute.training import build_augmentation
 
     images = np.random.default_rng(0).normal(0, 50, size=(4, 32, 32, 3)).astype(np.float32)
     first = build_augmentation(7)(images, training=True)
@@ -113,7 +114,7 @@ def test_features_refuses_to_start_when_the_disk_is_too_small(tmp_path, monkeypa
     import shutil
     from collections import namedtuple
 
-    from tlpipe.features import check_free_space
+    from tlpipe.compute.features import check_free_space
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 9 * 2**30, 2**30))

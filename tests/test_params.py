@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import REPO, SHIPPED_PARAMS, SHIPPED_PARAMS_DICT, params_with
-from tlpipe.params import SCHEMA_FILE, ParamsError, load_params, parse_params, write_schema
+from tlpipe.core.params import SCHEMA_FILE, ParamsError, load_params, parse_params, write_schema
 
 
 def test_defaults_are_the_real_product(tmp_path):

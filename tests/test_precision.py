@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tlpipe.backbone import build_conv_base, split_at
-from tlpipe.cpu import cpu_flags
-from tlpipe.features import compile_forward
-from tlpipe.precision import (
+from tlpipe.compute.archives import save_model
+from tlpipe.compute.features import compile_forward
+from tlpipe.compute.precision import (
     computing_in,
     effective_precision,
     filter_gradient_by_taps,
 )
-from tlpipe.runtime import seed_everything
-from tlpipe.storage import save_model
-from tlpipe.training import build_finetune_models, build_head, compile_classifier
+from tlpipe.compute.training import build_finetune_models, build_head, compile_classifier
+from tlpipe.core.backbone import build_conv_base, split_at
+from tlpipe.core.cpu import cpu_flags
+from tlpipe.core.runtime import seed_everything
 
 WITH_BF16 = frozenset({"avx512f", "avx512_bf16"})
 WITHOUT_BF16 = frozenset({"avx512f", "avx2"})

@@ -4,13 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from tlpipe.backbone import BACKBONES, build_conv_base
-from tlpipe.images import to_model_input
-from tlpipe.normalization import BackboneNormalization
-from tlpipe.params import PrepareParams
-from tlpipe.runtime import UserError, seed_everything
-from tlpipe.splits import split_indices, write_split
-from tlpipe.storage import load_array, open_rows
+from tlpipe.core.arrays import load_array, open_rows
+from tlpipe.core.backbone import BACKBONES, build_conv_base
+from tlpipe.core.normalization import BackboneNormalization
+from tlpipe.core.params import PrepareParams
+from tlpipe.core.runtime import UserError, seed_everything
+from tlpipe.data.images import to_model_input
+from tlpipe.data.splits import split_indices, write_split
 
 IMAGENET_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 

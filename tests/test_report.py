@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from tlpipe.report import per_class_markdown, plot_samples, sample_order
+from tlpipe.outputs.report import per_class_markdown, plot_samples, sample_order
 
 
 def test_samples_put_misclassified_first():

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from tests.helpers import ALL_STAGES, OFFLINE, TINY, copy_project, run, stages_that_ran
-from tlpipe.cpu import kernel_flags
-from tlpipe.precision import effective_precision
+from tlpipe.compute.precision import effective_precision
+from tlpipe.core.cpu import kernel_flags
 
 
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])

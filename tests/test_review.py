@@ -13,7 +13,7 @@ import shlex
 import pytest
 
 from tests.helpers import ALL_STAGES, OFFLINE, REPO, TINY, VENV_BIN, commit_all, copy_project, run
-from tlpipe.review import demo_overrides
+from tlpipe.outputs.review import demo_overrides
 
 OVERRIDES = [*OFFLINE, *TINY, "-S", "lr=1e-4"]
 BASE_LR, HEAD_LR = "1e-05", "3e-05"

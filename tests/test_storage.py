@@ -8,18 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tlpipe.runtime import UserError
-from tlpipe.storage import (
+from tlpipe.compute.archives import load_model
+from tlpipe.core.arrays import (
     array_writer,
     load_array,
-    load_json,
-    load_model,
     open_rows,
     read_rows,
     row_appender,
     save_array,
-    save_json,
 )
+from tlpipe.core.jsonfiles import load_json, save_json
+from tlpipe.core.runtime import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,8 +79,8 @@ def test_json_round_trip(tmp_path):
 SAVE_A_MODEL = (
     "\n"
     "import sys, keras\n"
-    "from tlpipe.runtime import seed_everything\n"
-    "from tlpipe.storage import save_model\n"
+    "from tlpipe.core.runtime import seed_everything\n"
+    "from tlpipe.compute.archives import save_model\n"
     "seed_everything(0)\n"
     "save_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), "
     "keras.layers.Dense(3)]), sys.argv[1])\n"
@@ -109,7 +108,7 @@ def test_saved_models_keep_keras_uncompressed_entries(tmp_path):
 
     import keras
 
-    from tlpipe.storage import save_model
+    from tlpipe.compute.archives import save_model
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     model.save(tmp_path / "plain.keras")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tlpipe.runtime import seed_everything
-from tlpipe.storage import RowFile, open_rows
-from tlpipe.streaming import batches
-from tlpipe.training import compile_classifier, fit_logged
+from tlpipe.compute.streaming import batches
+from tlpipe.compute.training import compile_classifier, fit_logged
+from tlpipe.core.arrays import RowFile, open_rows
+from tlpipe.core.runtime import seed_everything
 
 
 def test_logged_metrics_are_those_of_the_weights_kept(tmp_path):

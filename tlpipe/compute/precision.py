@@ -23,8 +23,8 @@ from contextlib import contextmanager
 import keras
 import tensorflow as tf
 
-from tlpipe.cpu import BFLOAT16_FLAGS, kernel_flags
-from tlpipe.params import Precision
+from tlpipe.core.cpu import BFLOAT16_FLAGS, kernel_flags
+from tlpipe.core.params import Precision
 
 MIXED_POLICY = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -171,7 +171,7 @@ def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 
 def _keeps_float32(layer: keras.layers.Layer) -> bool:
-    from tlpipe.normalization import BackboneNormalization
+    from tlpipe.core.normalization import BackboneNormalization
 
     return isinstance(layer, BackboneNormalization | keras.layers.InputLayer)
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from tlpipe.storage import RowFile, read_rows
+from tlpipe.core.arrays import RowFile, read_rows
 
 
 def batches(

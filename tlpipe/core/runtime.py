@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from tlpipe.cpu import usable_cores
+from tlpipe.core.cpu import usable_cores
 
 OFFLINE_DEMO = "make demo"  # named in every error caused by having no network
 INTERRUPTED = "interrupted: no output was finished; rerun `dvc repro` to continue"

@@ -20,7 +20,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from tlpipe.storage import atomic_path, save_json
+from tlpipe.core.files import atomic_path
+from tlpipe.core.jsonfiles import save_json
 
 SAMPLES = 24  # test images shown in samples.png
 

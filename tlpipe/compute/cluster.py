@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from tlpipe.paths import BACKBONE_FILE, boundary_features, head_features, prepared_images
-from tlpipe.runtime import TEMPORARIES, UserError, first_line
-from tlpipe.storage import array_writer, release_rows
+from tlpipe.core.arrays import array_writer, release_rows
+from tlpipe.core.paths import BACKBONE_FILE, boundary_features, head_features, prepared_images
+from tlpipe.core.runtime import TEMPORARIES, UserError, first_line
 
 SHARDS_PER_WORKER = 4  # enough shards that a slow node does not hold up the end of the run
 MAX_SHARD_BYTES = 64 * 2**20  # of outputs: what one shard holds in memory and in the object store
@@ -94,12 +94,13 @@ class FeatureWorker:
         import ray
         import tensorflow as tf
 
-        from tlpipe.backbone import split_at
-        from tlpipe.cpu import compute_record
-        from tlpipe.features import compile_forward
-        from tlpipe.precision import computing_in
-        from tlpipe.runtime import seed_everything
-        from tlpipe.storage import load_array, load_model
+        from tlpipe.compute.archives import load_model
+        from tlpipe.compute.features import compile_forward
+        from tlpipe.compute.precision import computing_in
+        from tlpipe.core.arrays import load_array
+        from tlpipe.core.backbone import split_at
+        from tlpipe.core.cpu import compute_record
+        from tlpipe.core.runtime import seed_everything
 
         settings = self.settings
         node = ray.util.get_node_ip_address()

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlpipe.paths import PARAMS_FILE
-from tlpipe.runtime import UserError
+from tlpipe.core.paths import PARAMS_FILE
+from tlpipe.core.runtime import UserError
 
 DEMO_PARAMS_TARGET = "demo-params"  # the Makefile target that prints the demo's overrides
 STAGE_EVENTS = {

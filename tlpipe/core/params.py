@@ -28,9 +28,9 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from tlpipe.backbone import BACKBONES
-from tlpipe.paths import PARAMS_FILE
-from tlpipe.runtime import UserError
+from tlpipe.core.backbone import BACKBONES
+from tlpipe.core.paths import PARAMS_FILE
+from tlpipe.core.runtime import UserError
 
 SCHEMA_FILE = Path("params.schema.json")
 MIN_IMAGE_SIZE = 32  # keras.applications backbones need at least 32x32 inputs
@@ -98,7 +98,7 @@ Text = Annotated[str, Field(strict=True, min_length=1), BeforeValidator(_strippe
 BackboneName = Literal[tuple(BACKBONES)]
 # Threads for train and finetune: auto (TensorFlow's default, one per usable core) or a number.
 Threads = Annotated[Literal["auto"] | Count, BeforeValidator(_stripped)]
-# float32, or Keras mixed precision computing in 16 bits (tlpipe/precision.py).
+# float32, or Keras mixed precision computing in 16 bits (tlpipe/compute/precision.py).
 Precision = Literal["float32", "bfloat16", "float16"]
 
 

@@ -33,8 +33,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlpipe.paths import LABELS_NAME, LITERT_NAME, ONNX_NAME, SAVED_MODEL_NAME
-from tlpipe.runtime import UserError, first_line
+from tlpipe.core.paths import LABELS_NAME, LITERT_NAME, ONNX_NAME, SAVED_MODEL_NAME
+from tlpipe.core.runtime import UserError, first_line
 from tlpipe.startup import CONVERTER_NOTICE, start_up_notices_dropped
 
 if TYPE_CHECKING:

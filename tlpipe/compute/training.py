@@ -12,8 +12,8 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 from dvclive.utils import standardize_metric_name
 
-from tlpipe.backbone import split_at
-from tlpipe.runtime import UserError
+from tlpipe.core.backbone import split_at
+from tlpipe.core.runtime import UserError
 
 
 def replica_scope(replicas: int, *, key: str) -> contextlib.AbstractContextManager:
@@ -116,7 +116,7 @@ def fit_logged(
 ) -> keras.callbacks.History:
     """Fit on batches of (inputs, one-hot labels) with early stopping on val_loss (best weights
     restored); log every epoch to `live_dir`. `train` sets the order of each epoch (see
-    `tlpipe.streaming.batches`).
+    `tlpipe.compute.streaming.batches`).
 
     DVCLive writes metrics.json and per-epoch .tsv curves; dvc.yaml declares them, so DVCLive is
     told not to edit dvc.yaml itself nor to create experiments of its own. metrics.json then holds

@@ -1,7 +1,7 @@
 """Images in and out of the model: decoding files, and the one path from pixels to backbone input.
 
 Training data (`prepare`) and new images (`tlpipe predict`) both go through `to_model_input`, and
-the backbone's normalisation is inside the models (tlpipe/normalization.py), so serving cannot
+the backbone's normalisation is inside the models (tlpipe/core/normalization.py), so serving cannot
 prepare images differently from training.
 """
 

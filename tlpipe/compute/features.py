@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tlpipe.runtime import UserError
-from tlpipe.storage import array_writer, release_rows
+from tlpipe.core.arrays import array_writer, release_rows
+from tlpipe.core.runtime import UserError
 
 
 def check_free_space(folder: Path, needed_bytes: int) -> None:
@@ -41,7 +41,7 @@ def compile_forward(
 
     Compile once and pass it to every `extract_features` call, so several splits pay for tracing
     only once. The layers compute in the precision they have when it is first called (see
-    `tlpipe.precision.computing_in`).
+    `tlpipe.compute.precision.computing_in`).
     """
     spec = tf.TensorSpec((None, *bottom.input.shape[1:]), tf.float32)
 

@@ -5,7 +5,7 @@ pipeline builds is `BackboneNormalization`, which applies the backbone's own `pr
 (VGG16: RGB->BGR and the ImageNet mean subtracted from 0-255 values, never a division by 255).
 Training, evaluation and `tlpipe predict` therefore cannot normalise differently. The layer is
 registered with Keras, so models holding it load in safe mode once this module is imported
-(`tlpipe.storage.load_model` does that).
+(`tlpipe.compute.archives.load_model` does that).
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, read_image
-from tlpipe.paths import MODEL_FILE
-from tlpipe.runtime import UserError, run_stage
-from tlpipe.storage import load_model, load_model_info
+from tlpipe.compute.archives import load_model, load_model_info
+from tlpipe.core.paths import MODEL_FILE
+from tlpipe.core.runtime import UserError, run_stage
+from tlpipe.data.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, read_image
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,7 +144,7 @@ def model_info(model_path: Path) -> dict:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from tlpipe.images import to_model_input
+    from tlpipe.data.images import to_model_input
 
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
@@ -226,7 +226,7 @@ def summary(args: argparse.Namespace) -> int:
 
 
 def review(args: argparse.Namespace) -> int:
-    from tlpipe.review import review as review_commits
+    from tlpipe.outputs.review import review as review_commits
 
     print(review_commits(Path.cwd(), args.base, args.head, args.overrides), end="")
     return 0

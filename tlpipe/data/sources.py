@@ -23,19 +23,12 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from PIL import Image
 
-from tlpipe.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, ImageTooLarge, read_image
-from tlpipe.params import DataParams
-from tlpipe.paths import RAW_DIR, classes_file, raw_images, raw_labels, source_file
-from tlpipe.runtime import OFFLINE_DEMO, UserError
-from tlpipe.storage import (
-    load_array,
-    load_json,
-    open_rows,
-    read_rows,
-    row_appender,
-    save_array,
-    save_json,
-)
+from tlpipe.core.arrays import load_array, open_rows, read_rows, row_appender, save_array
+from tlpipe.core.jsonfiles import load_json, save_json
+from tlpipe.core.params import DataParams
+from tlpipe.core.paths import RAW_DIR, classes_file, raw_images, raw_labels, source_file
+from tlpipe.core.runtime import OFFLINE_DEMO, UserError
+from tlpipe.data.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, ImageTooLarge, read_image
 
 
 @dataclass

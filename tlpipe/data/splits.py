@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.images import to_model_input
-from tlpipe.params import PrepareParams
-from tlpipe.paths import PREPARED_DIR, prepared_images, prepared_index, prepared_labels
-from tlpipe.runtime import UserError
-from tlpipe.storage import RowFile, array_writer, read_rows, release_rows, save_array
+from tlpipe.core.arrays import RowFile, array_writer, read_rows, release_rows, save_array
+from tlpipe.core.params import PrepareParams
+from tlpipe.core.paths import PREPARED_DIR, prepared_images, prepared_index, prepared_labels
+from tlpipe.core.runtime import UserError
+from tlpipe.data.images import to_model_input
 
 BATCH = 256  # images resized at a time: memory stays flat in the number of images
 

@@ -4,7 +4,7 @@
 resolves `finetune.unfreeze_from: auto` from it. Keras is imported inside the functions, so reading
 the table (as params.py does for every stage and command) does not start TensorFlow.
 
-Every conv base starts with `BackboneNormalization` (tlpipe/normalization.py): its input is RGB
+Every conv base starts with `BackboneNormalization` (tlpipe/core/normalization.py): its input is RGB
 pixels in 0-255, and the backbone's own `preprocess_input` runs inside the graph.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tlpipe.runtime import OFFLINE_DEMO, UserError
+from tlpipe.core.runtime import OFFLINE_DEMO, UserError
 
 if TYPE_CHECKING:
     import keras
@@ -86,7 +86,7 @@ def build_conv_base(name: str, weights: str, image_size: int) -> keras.Model:
     """
     import keras
 
-    from tlpipe.normalization import BackboneNormalization
+    from tlpipe.core.normalization import BackboneNormalization
 
     spec = BACKBONES[name]
     pixels = keras.Input((image_size, image_size, 3), name="pixels")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from tlpipe.backbone import BACKBONES
-from tlpipe.params import Params
-from tlpipe.paths import EXPORT_DIR, LABELS_NAME, LITERT_NAME, ONNX_NAME, SAVED_MODEL_NAME
+from tlpipe.core.backbone import BACKBONES
+from tlpipe.core.params import Params
+from tlpipe.core.paths import EXPORT_DIR, LABELS_NAME, LITERT_NAME, ONNX_NAME, SAVED_MODEL_NAME
 
 # The params.yaml sections that shape the model: all but evaluate's batch size and the cluster
 # engine (which computes the same bytes either way).
