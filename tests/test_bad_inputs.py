@@ -307,6 +307,42 @@ def nested_one_level_too_deep(photos: Path) -> None:
     two_classes(photos / "train")
 
 
+def save_grey16(path: Path, seed: int, step: int = 1040) -> None:
+    """A 16-bit greyscale PNG (Pillow mode I;16): a gradient of 64 steps of `step` (by default
+    over 0..65535), offset by `seed`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gradient = (np.arange(64).reshape(8, 8) * step + seed).astype(np.uint16)
+    Image.fromarray(gradient).save(path)
+
+
+def with_16_bit_grey(photos: Path) -> None:
+    for i in range(3):
+        save_grey16(photos / f"cats/{i}.png", i)
+        save_grey16(photos / f"dogs/{i}.png", i + 3)
+
+
+def grey16_scaled(root: Path, result: subprocess.CompletedProcess) -> None:
+    """Scaled to 8 bits (65535 -> 255), not clipped: convert("RGB") made 99.6 % of them 255."""
+    images = np.load(root / "data/raw/train_images.npy")
+    assert images.shape == (6, 8, 8, 3)
+    expected = np.round(np.arange(64).reshape(8, 8) * 1040 * 255 / 65535)
+    assert np.array_equal(images[0, ..., 0], expected), images[0, ..., 0]
+    assert (images == 255).mean() < 0.05
+
+
+def with_an_empty_class(photos: Path) -> None:
+    two_classes(photos)
+    (photos / "birds").mkdir()
+
+
+def with_class_named(name: str) -> Callable[[Path], None]:
+    def build(photos: Path) -> None:
+        two_classes(photos)
+        save_images(photos / name, 3, seed=3)
+
+    return build
+
+
 def one_class_only(photos: Path) -> None:
     save_images(photos / "cats", 5)
 
@@ -438,6 +474,24 @@ def predict_with_a_broken_image(root: Path, assets: Assets) -> list[str]:
     save_images(root / "new", 1, mode="L", seed=3)
     (root / "new/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated JPEG")
     return [TLPIPE, "predict", "new"]
+
+
+def predict_16_bit_and_8_bit_grey(root: Path, assets: Assets) -> list[str]:
+    """The same dark gradient (0..1008 of 65535: 8-bit 0..4, which the tiny model does not
+    saturate on) as a 16-bit and as an 8-bit greyscale PNG, and a white one: what clipping the
+    16-bit one would nearly give."""
+    assets.install_model(root)
+    save_grey16(root / "new/a16.png", 0, step=16)
+    wide = np.asarray(Image.open(root / "new/a16.png"), dtype=np.float64)
+    Image.fromarray(np.round(wide * 255 / 65535).astype(np.uint8)).save(root / "new/b8.png")
+    Image.new("L", (8, 8), 255).save(root / "new/c_white.png")
+    return [TLPIPE, "predict", "--json", "new"]
+
+
+def same_as_8_bit(root: Path, result: subprocess.CompletedProcess) -> None:
+    sixteen, eight, white = [row["predictions"] for row in json.loads(result.stdout)]
+    assert sixteen == eight, result.stdout
+    assert eight != white, "the model cannot tell the gradient from white: the test proves nothing"
 
 
 def others_classified(root: Path, result: subprocess.CompletedProcess) -> None:
@@ -1143,6 +1197,12 @@ CASES = [
         check=raw_shape((12, 8, 8, 3), ["cats", "dogs"], warned=False),
     ),
     folder_case(
+        "16-bit-grey-scaled-to-8-bits",
+        with_16_bit_grey,
+        ok=True,
+        check=grey16_scaled,
+    ),
+    folder_case(
         "junk-folders-ignored",
         with_junk_folders,
         ok=True,
@@ -1303,6 +1363,13 @@ CASES = [
         predict_with_a_broken_image,
         r"^error: new/broken\.jpg: not a readable image \(.+\)$",
         check=others_classified,
+    ),
+    Case(
+        "predict-16-bit-grey-as-its-8-bit-twin",
+        predict_16_bit_and_8_bit_grey,
+        (),
+        ok=True,
+        check=same_as_8_bit,
     ),
     tlpipe_case(
         "summary-truncated-model",
