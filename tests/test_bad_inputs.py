@@ -1205,8 +1205,30 @@ CASES = [
     folder_case(
         "junk-folders-ignored",
         with_junk_folders,
+        r"^warning: left out 2 class folder\(s\) without a readable image, so not classes: "
+        r"photos/__MACOSX, photos/empty_class$",
         ok=True,
-        check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=False),
+        check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=True),
+    ),
+    folder_case(
+        "empty-class-folder-named",
+        with_an_empty_class,
+        r"^warning: left out 1 class folder\(s\) without a readable image, so not classes: "
+        r"photos/birds$",
+        ok=True,
+        check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=True),
+    ),
+    folder_case(
+        "class-name-with-newline",
+        with_class_named("sea\nlions"),
+        r"^error: data\.folder: the class folder photos/sea\\nlions has '\\n' in its name; "
+        r"class names become lines of labels\.txt and tab-separated fields of `tlpipe predict`: "
+        r"rename it without tabs, line breaks or other control characters$",
+    ),
+    folder_case(
+        "class-name-with-tab",
+        with_class_named("sea\tlions"),
+        r"^error: data\.folder: the class folder photos/sea\\tlions has '\\t' in its name; ",
     ),
     folder_case(
         "mixed-sizes",
