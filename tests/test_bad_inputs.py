@@ -1346,13 +1346,18 @@ CASES = [
             rf"\(not a \.keras zip archive: empty, truncated or overwritten\){RERUN}",
         ),
     ),
-    prepared_case(
+    # checked before the first stage does work (not in `features`, after download and prepare)
+    params_case(
         "unfreeze-from-no-layer",
-        "features",
-        lambda root, assets: None,
-        r"^error: finetune\.unfreeze_from: got 'block9_conv1', which is not a layer of vgg16; "
-        r"expected auto or one of its layers, e\.g\. block\d_\w+, ",
-        changes={"finetune.unfreeze_from": "block9_conv1"},
+        {"finetune.unfreeze_from": "block9_conv1"},
+        r"^error: finetune\.unfreeze_from: got 'block9_conv1', which is not a layer of vgg16 where "
+        r"fine-tuning can start; expected auto \(block5_conv1\) or another first layer of a block",
+    ),
+    params_case(
+        "unfreeze-from-inside-a-resnet-block",
+        {"backbone.name": "resnet50", "finetune.unfreeze_from": "conv5_block1_2_conv"},
+        r"^error: finetune\.unfreeze_from: got 'conv5_block1_2_conv', which is not a layer of "
+        r"resnet50 where fine-tuning can start; expected auto \(conv5_block1_1_conv\)",
     ),
     Case(
         "weights-file-not-hdf5",

@@ -92,10 +92,11 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/report.py": (None, frozenset({"evaluate"})),
     "tlpipe/export.py": (None, frozenset({"export"})),
     "tlpipe/card.py": (None, frozenset({"export"})),
-    # params.py reads the backbone table, so every stage imports these six (normalization.py: the
+    # params.py reads the backbone table, so every stage imports these seven (normalization.py: the
     # models' first layer, built by backbone.py and registered before storage.py loads a model).
     "tlpipe/normalization.py": (None, STAGES),
     "tlpipe/backbone.py": (None, STAGES),
+    "tlpipe/layers.py": (None, STAGES),
     "tlpipe/params.py": (None, STAGES),
     "tlpipe/paths.py": (None, STAGES),
     "tlpipe/runtime.py": (None, STAGES),

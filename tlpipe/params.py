@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from tlpipe.backbone import BACKBONES
+from tlpipe.layers import FINETUNE_STARTS
 from tlpipe.paths import PARAMS_FILE
 from tlpipe.runtime import UserError
 
@@ -294,6 +295,14 @@ def parse_params(raw: Any) -> Params:
         )
     if params.finetune.unfreeze_from == "auto":
         params.finetune.unfreeze_from = BACKBONES[params.backbone.name].last_block
+    # Checked here, not only when `features` builds the model: after a download and a resize.
+    if params.finetune.unfreeze_from not in FINETUNE_STARTS[params.backbone.name]:
+        name = params.backbone.name
+        raise ParamsError(
+            f"finetune.unfreeze_from: got {params.finetune.unfreeze_from!r}, which is not a layer "
+            f"of {name} where fine-tuning can start; expected auto ({BACKBONES[name].last_block}) "
+            "or another first layer of a block (tlpipe/layers.py lists them)"
+        )
     return params
 
 
