@@ -218,14 +218,16 @@ def folder_case(
     ok: bool = False,
     changes: dict[str, object] | None = None,
     check=None,
+    command: str = "download",
 ) -> Case:
-    """data.folder: ./photos, a folder of class folders made by `build`, read by `download`."""
+    """data.folder: ./photos, a folder of class folders made by `build`, read by `download`
+    (or looked at by `command`)."""
 
     def setup(root: Path, assets: Assets) -> list[str]:
         (root / "photos").mkdir()
         build(root / "photos")
         write_params(root, {**PHOTOS, **(changes or {})})
-        return stage("download")
+        return stage(command)
 
     return Case(id, setup, expect, ok=ok, check=check)
 
@@ -617,6 +619,13 @@ def with_links_inside(photos: Path) -> None:
     two_classes(photos)
     (photos / "kittens").symlink_to("cats")
     (photos / "dogs/copy.png").symlink_to(next((photos / "dogs").glob("*.png")))
+
+
+def links_recorded(root: Path, result: subprocess.CompletedProcess) -> None:
+    """check's record of the links inside photos/, which download depends on."""
+    links = json.loads((root / "data/folder_links.json").read_text())
+    assert links.keys() == {"kittens", "dogs/copy.png"}, links
+    assert links["kittens"] == "cats" and re.match(r"dogs/rgb_2_\d\.png$", links["dogs/copy.png"])
 
 
 def untrusted_folder_case(
@@ -1224,6 +1233,26 @@ CASES = [
         r"^error: data\.folder: the class folder photos/sea\\nlions has '\\n' in its name; "
         r"class names become lines of labels\.txt and tab-separated fields of `tlpipe predict`: "
         r"rename it without tabs, line breaks or other control characters$",
+    ),
+    # `check` runs before download on every dvc run: DVC's hash of the folder skips folder links
+    folder_case(
+        "check-refuses-a-class-linked-from-outside",
+        with_class_linked_from_outside,
+        r"^error: data\.dataset: photos/birds links to /\S+/elsewhere, outside photos",
+        command="check",
+    ),
+    folder_case(
+        "check-refuses-a-class-name-with-newline",
+        with_class_named("sea\nlions"),
+        r"^error: data\.folder: the class folder photos/sea\\nlions has '\\n' in its name; ",
+        command="check",
+    ),
+    folder_case(
+        "check-records-links-inside",
+        with_links_inside,
+        ok=True,
+        command="check",
+        check=links_recorded,
     ),
     folder_case(
         "class-name-with-tab",

@@ -69,13 +69,8 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
     `_check_link`); class names must fit on one line (see `check_class_name`). Images of
     different sizes need `data.image_size`.
     """
-    root = folder.resolve()
-    entries = [path for path in folder.iterdir() if not path.name.startswith(".")]
-    for path in entries:
-        _check_link(path, root, folder)
-    class_dirs = sorted(path for path in entries if path.is_dir())
-    for class_dir in class_dirs:
-        check_class_name(class_dir)
+    check_folder(folder)  # every link and class name, before any image is decoded
+    class_dirs = _class_dirs(folder)
     labels: list[int] = []
     class_names: list[str] = []
     skipped: list[str] = []
@@ -86,10 +81,7 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
         for class_dir in class_dirs:
             decoded = 0
             for path in sorted(class_dir.iterdir()):
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                _check_link(path, root, folder)
-                if not path.is_file():
+                if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
                     continue
                 try:
                     image = read_image(path, image_size)
@@ -141,6 +133,34 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
             )
     save_array(raw_labels("train", out_dir), np.asarray(labels, dtype=np.int64))
     return class_names
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    """The class folders of an image folder, sorted by name (hidden ones are not classes)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
+
+
+def check_folder(folder: Path) -> dict[str, str]:
+    """Check what `write_folder` will read of `folder` without decoding an image: every link
+    (class folders and the image files in them) must stay inside it (`_check_link`), and every
+    class name must fit on one line (`check_class_name`). Returns the links, each path relative
+    to `folder` -> where it leads, relative too: what DVC's hash of the folder does not see (it
+    skips links to folders), for the `check` stage to record."""
+    root = folder.resolve()
+    links = {}
+    for entry in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        _check_link(entry, root, folder)
+        if not entry.is_dir():
+            continue
+        check_class_name(entry)
+        for path in [entry, *sorted(entry.iterdir())]:
+            if path != entry and path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            _check_link(path, root, folder)
+            if path.is_symlink():
+                target = path.resolve().relative_to(root)
+                links[path.relative_to(folder).as_posix()] = target.as_posix()
+    return links
 
 
 # Characters a class name must not hold: it becomes one line of labels.txt and a tab-separated
