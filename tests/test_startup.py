@@ -131,6 +131,40 @@ def test_predict_prints_its_results_and_one_line_errors_only(model_dir):
     assert verbose.stderr.splitlines()[-1] == error
 
 
+# The export stage's conversions of a tiny model, imports in the stage's order (tlpipe first).
+EXPORT_TINY_MODEL = """
+import sys
+from pathlib import Path
+from tlpipe.export import export_model, use_pure_python_protobuf
+use_pure_python_protobuf()
+import keras
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3, strides=4),
+    keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
+export_model(model, Path(sys.argv[1]), image_size=32, class_names=["a", "b"])
+print("exported")
+"""
+
+
+def test_the_export_conversions_print_nothing_even_where_tensorflow_imported_quietly(tmp_path):
+    """With oneDNN off (as on CPUs without AVX-512), `import tensorflow` logs nothing through
+    absl, so absl's banner came out of the LiteRT converter in the export stage instead."""
+    (tmp_path / "export").mkdir()
+    env = {**environment(verbose=False), "TF_ENABLE_ONEDNN_OPTS": "0"}
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", EXPORT_TINY_MODEL, str(tmp_path / "export")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "exported\n"
+    assert TF_START_UP.search(result.stderr) is None, result.stderr[:2000]
+    assert result.stderr == ""
+
+
 @pytest.mark.parametrize("first_on_path", ["bare venv", "system only"])
 def test_dvc_without_the_venv_on_path_stops_with_one_line(tmp_path, first_on_path):
     """`.venv/bin/dvc exp run` from a shell where `python3` is another interpreter: a bare venv of
