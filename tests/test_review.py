@@ -110,8 +110,8 @@ def test_the_demo_overrides_are_those_make_demo_runs():
     """Read from the Makefile, not copied: what `make demo` would pass to `dvc exp run`."""
     overrides = demo_overrides(REPO)
     demo = run(["make", "-n", "--no-print-directory", "demo"], REPO).stdout
-    (command,) = [line for line in demo.splitlines() if line.startswith("dvc exp run")]
-    words = shlex.split(command)[3:]
+    (command,) = [line for line in demo.splitlines() if " -m tlpipe.dvcrun exp run " in line]
+    words = shlex.split(command)[5:]  # after `python -m tlpipe.dvcrun exp run`
     assert words == [word for override in overrides for word in ("-S", override)]
     assert {"data.dataset=digits", "backbone.weights=none"} <= set(overrides)  # offline
 
