@@ -442,8 +442,21 @@ def garbage_head_for_finetune(root: Path, assets: Assets) -> list[str]:
 
 
 def garbage_weights_file(root: Path, assets: Assets) -> list[str]:
+    """Refused by params validation, so in the first stage: not after download and prepare."""
     (root / "weights").mkdir()
     (root / "weights/vgg16_notop.h5").write_bytes(b"this is not an HDF5 file" * 100)
+    write_params(root, {"backbone.weights": "weights/vgg16_notop.h5"})
+    write_prepared(root)
+    return stage("download")
+
+
+def other_hdf5_as_weights(root: Path, assets: Assets) -> list[str]:
+    """An HDF5 file, but not VGG16's weights: only building the model finds that out."""
+    import h5py
+
+    (root / "weights").mkdir()
+    with h5py.File(root / "weights/vgg16_notop.h5", "w") as file:
+        file["numbers"] = np.arange(10)
     write_params(root, {"backbone.weights": "weights/vgg16_notop.h5"})
     write_prepared(root)
     return stage("features")
@@ -1391,6 +1404,14 @@ CASES = [
     Case(
         "weights-file-not-hdf5",
         garbage_weights_file,
+        (
+            r"^error: backbone\.weights: got 'weights/vgg16_notop\.h5', which is not an HDF5 file "
+            r"\(no HDF5 signature\); expected Keras weights saved as \.h5",
+        ),
+    ),
+    Case(
+        "weights-file-other-hdf5",
+        other_hdf5_as_weights,
         (
             r"^error: backbone\.weights: weights/vgg16_notop\.h5 "
             r"does not hold vgg16 weights without the top \(.+\)$",

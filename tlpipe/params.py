@@ -171,7 +171,29 @@ class BackboneParams(Section):
             raise ValueError(
                 "; expected imagenet, none, or the path of an existing .h5 weights file"
             )
+        if not _is_hdf5(Path(value)):  # else found only in `features`, after download and prepare
+            raise ValueError(
+                ", which is not an HDF5 file (no HDF5 signature); expected Keras weights saved as "
+                ".h5, e.g. by model.save_weights"
+            )
         return value
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5(path: Path) -> bool:
+    """Whether `path` starts with the HDF5 signature, at offset 0 or, after a user block, at 512,
+    1024, 2048, ... (the places the HDF5 format allows); reads at most a few bytes per place."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        offset = 0
+        while offset + len(HDF5_SIGNATURE) <= size:
+            file.seek(offset)
+            if file.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return True
+            offset = 512 if offset == 0 else offset * 2
+    return False
 
 
 class FeaturesParams(Section):
