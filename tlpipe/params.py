@@ -179,23 +179,6 @@ class BackboneParams(Section):
         return value
 
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def _is_hdf5(path: Path) -> bool:
-    """Whether `path` starts with the HDF5 signature, at offset 0 or, after a user block, at 512,
-    1024, 2048, ... (the places the HDF5 format allows); reads at most a few bytes per place."""
-    size = path.stat().st_size
-    with path.open("rb") as file:
-        offset = 0
-        while offset + len(HDF5_SIGNATURE) <= size:
-            file.seek(offset)
-            if file.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
-                return True
-            offset = 512 if offset == 0 else offset * 2
-    return False
-
-
 class FeaturesParams(Section):
     batch_size: BatchSize
     dtype: Literal["float32", "float16"]  # how the two feature caches are stored
@@ -402,3 +385,20 @@ def _allowed(annotation: Any, metadata: list[Any]) -> str:
         if bounds
         else kind[annotation]
     )
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5(path: Path) -> bool:
+    """Whether `path` starts with the HDF5 signature, at offset 0 or, after a user block, at 512,
+    1024, 2048, ... (the places the HDF5 format allows); reads at most a few bytes per place."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        offset = 0
+        while offset + len(HDF5_SIGNATURE) <= size:
+            file.seek(offset)
+            if file.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return True
+            offset = 512 if offset == 0 else offset * 2
+    return False
