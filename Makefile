@@ -12,6 +12,12 @@ DEMO_PARAMS := -S data.dataset=digits -S backbone.weights=none \
                -S finetune.unfreeze_from=block4_conv1 -S lr=1e-4
 # More overrides for one call, e.g. make demo DEMO_EXTRA="-S train.epochs=3"
 DEMO_EXTRA ?=
+# `dvc`, minus the "No file hash info found" warning a first `dvc exp run` prints once per output
+# (no dvc.lock yet, so nothing to restore): tlpipe/outputs/dvcrun.py.
+DVC := $(BIN)/python -m tlpipe.outputs.dvcrun
+# setuptools announces an editable install with a warning ("Editable installation. ... be careful
+# with folders in your working directory with the same name as your package"): nothing to act on.
+QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 
 .PHONY: install demo demo-params test lint format schema plots-page docs docs-serve clean
 install: $(VENV)/.installed
@@ -19,11 +25,12 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
+	$(QUIET_EDITABLE) $(BIN)/python -m pip install --quiet -e '.[dev,docs]'
 	touch $@
 
 demo: install
-	dvc exp run $(DEMO_PARAMS) $(DEMO_EXTRA)
+	@echo "dvc exp run $(strip $(DEMO_PARAMS) $(DEMO_EXTRA))"
+	@$(DVC) exp run $(DEMO_PARAMS) $(DEMO_EXTRA)
 	dvc metrics show metrics/evaluate.json
 
 # The demo's overrides, for what runs the same configuration (`tlpipe review`).
@@ -32,7 +39,7 @@ demo-params:
 
 # The tests also need the `cluster` extra (Ray, for tests/test_cluster.py); the demo does not.
 $(VENV)/.installed-cluster: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev,docs,cluster]'
+	$(QUIET_EDITABLE) $(BIN)/python -m pip install --quiet -e '.[dev,docs,cluster]'
 	touch $@
 
 test: install $(VENV)/.installed-cluster lint

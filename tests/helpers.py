@@ -21,9 +21,13 @@ from tests.project import copy_project, set_param, shipped_params_text  # noqa: 
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-ALL_STAGES = frozenset(
+# `check` runs on every `dvc repro` and `dvc exp run` (always_changed: stages/check.py), so it is
+# among the stages run even when nothing else is, and `dvc status` always lists it.
+ALWAYS_RUN = frozenset({"check"})
+ALL_STAGES = ALWAYS_RUN | frozenset(
     {"download", "prepare", "features", "train", "finetune", "evaluate", "export"}
 )
+UP_TO_DATE = {"check": ["always changed"]}  # `dvc status --json` when there is nothing to do
 # The offline configuration, as small as still learns: for tests that run the pipeline several
 # times.
 OFFLINE = ["-S", "data.dataset=digits", "-S", "backbone.weights=none"]

@@ -11,8 +11,9 @@ from tlpipe.compute.features import extract_features
 from tlpipe.compute.training import build_finetune_models, build_head
 from tlpipe.core.arrays import load_array
 from tlpipe.core.backbone import BACKBONES, boundary_layer, build_conv_base, split_at
+from tlpipe.core.layers import FINETUNE_STARTS
 from tlpipe.core.params import parse_params
-from tlpipe.core.runtime import seed_everything
+from tlpipe.core.runtime import UserError, seed_everything
 from tlpipe.data.images import to_model_input
 
 
@@ -20,6 +21,23 @@ def test_every_backbone_named_in_params_is_buildable():
     for name, spec in BACKBONES.items():
         raw = params_with("backbone.name", name)
         assert parse_params(raw).finetune.unfreeze_from == spec.last_block
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BACKBONES)
+def test_the_table_of_finetune_starts_is_where_the_built_backbone_can_be_cut(name):
+    """params.py checks finetune.unfreeze_from against tlpipe/core/layers.py, without building a
+    model: the table must be every layer the built model accepts, in order."""
+    keras.backend.clear_session()  # layer names as a stage's fresh process gives them
+    base = build_conv_base(name, "none", image_size=32)
+    starts = []
+    for layer in base.layers:
+        try:
+            split_at(base, boundary_layer(base, layer.name))
+        except UserError:
+            continue
+        starts.append(layer.name)
+    assert tuple(starts) == FINETUNE_STARTS[name], f"the {name} table is now: {' '.join(starts)}"
 
 
 @pytest.mark.parametrize("name", BACKBONES)

@@ -218,14 +218,16 @@ def folder_case(
     ok: bool = False,
     changes: dict[str, object] | None = None,
     check=None,
+    command: str = "download",
 ) -> Case:
-    """data.folder: ./photos, a folder of class folders made by `build`, read by `download`."""
+    """data.folder: ./photos, a folder of class folders made by `build`, read by `download`
+    (or looked at by `command`)."""
 
     def setup(root: Path, assets: Assets) -> list[str]:
         (root / "photos").mkdir()
         build(root / "photos")
         write_params(root, {**PHOTOS, **(changes or {})})
-        return stage("download")
+        return stage(command)
 
     return Case(id, setup, expect, ok=ok, check=check)
 
@@ -305,6 +307,42 @@ def with_junk_folders(photos: Path) -> None:
 
 def nested_one_level_too_deep(photos: Path) -> None:
     two_classes(photos / "train")
+
+
+def save_grey16(path: Path, seed: int, step: int = 1040) -> None:
+    """A 16-bit greyscale PNG (Pillow mode I;16): a gradient of 64 steps of `step` (by default
+    over 0..65535), offset by `seed`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gradient = (np.arange(64).reshape(8, 8) * step + seed).astype(np.uint16)
+    Image.fromarray(gradient).save(path)
+
+
+def with_16_bit_grey(photos: Path) -> None:
+    for i in range(3):
+        save_grey16(photos / f"cats/{i}.png", i)
+        save_grey16(photos / f"dogs/{i}.png", i + 3)
+
+
+def grey16_scaled(root: Path, result: subprocess.CompletedProcess) -> None:
+    """Scaled to 8 bits (65535 -> 255), not clipped: convert("RGB") made 99.6 % of them 255."""
+    images = np.load(root / "data/raw/train_images.npy")
+    assert images.shape == (6, 8, 8, 3)
+    expected = np.round(np.arange(64).reshape(8, 8) * 1040 * 255 / 65535)
+    assert np.array_equal(images[0, ..., 0], expected), images[0, ..., 0]
+    assert (images == 255).mean() < 0.05
+
+
+def with_an_empty_class(photos: Path) -> None:
+    two_classes(photos)
+    (photos / "birds").mkdir()
+
+
+def with_class_named(name: str) -> Callable[[Path], None]:
+    def build(photos: Path) -> None:
+        two_classes(photos)
+        save_images(photos / name, 3, seed=3)
+
+    return build
 
 
 def one_class_only(photos: Path) -> None:
@@ -404,8 +442,21 @@ def garbage_head_for_finetune(root: Path, assets: Assets) -> list[str]:
 
 
 def garbage_weights_file(root: Path, assets: Assets) -> list[str]:
+    """Refused by params validation, so in the first stage: not after download and prepare."""
     (root / "weights").mkdir()
     (root / "weights/vgg16_notop.h5").write_bytes(b"this is not an HDF5 file" * 100)
+    write_params(root, {"backbone.weights": "weights/vgg16_notop.h5"})
+    write_prepared(root)
+    return stage("download")
+
+
+def other_hdf5_as_weights(root: Path, assets: Assets) -> list[str]:
+    """An HDF5 file, but not VGG16's weights: only building the model finds that out."""
+    import h5py
+
+    (root / "weights").mkdir()
+    with h5py.File(root / "weights/vgg16_notop.h5", "w") as file:
+        file["numbers"] = np.arange(10)
     write_params(root, {"backbone.weights": "weights/vgg16_notop.h5"})
     write_prepared(root)
     return stage("features")
@@ -438,6 +489,24 @@ def predict_with_a_broken_image(root: Path, assets: Assets) -> list[str]:
     save_images(root / "new", 1, mode="L", seed=3)
     (root / "new/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated JPEG")
     return [TLPIPE, "predict", "new"]
+
+
+def predict_16_bit_and_8_bit_grey(root: Path, assets: Assets) -> list[str]:
+    """The same dark gradient (0..1008 of 65535: 8-bit 0..4, which the tiny model does not
+    saturate on) as a 16-bit and as an 8-bit greyscale PNG, and a white one: what clipping the
+    16-bit one would nearly give."""
+    assets.install_model(root)
+    save_grey16(root / "new/a16.png", 0, step=16)
+    wide = np.asarray(Image.open(root / "new/a16.png"), dtype=np.float64)
+    Image.fromarray(np.round(wide * 255 / 65535).astype(np.uint8)).save(root / "new/b8.png")
+    Image.new("L", (8, 8), 255).save(root / "new/c_white.png")
+    return [TLPIPE, "predict", "--json", "new"]
+
+
+def same_as_8_bit(root: Path, result: subprocess.CompletedProcess) -> None:
+    sixteen, eight, white = [row["predictions"] for row in json.loads(result.stdout)]
+    assert sixteen == eight, result.stdout
+    assert eight != white, "the model cannot tell the gradient from white: the test proves nothing"
 
 
 def others_classified(root: Path, result: subprocess.CompletedProcess) -> None:
@@ -563,6 +632,13 @@ def with_links_inside(photos: Path) -> None:
     two_classes(photos)
     (photos / "kittens").symlink_to("cats")
     (photos / "dogs/copy.png").symlink_to(next((photos / "dogs").glob("*.png")))
+
+
+def links_recorded(root: Path, result: subprocess.CompletedProcess) -> None:
+    """check's record of the links inside photos/, which download depends on."""
+    links = json.loads((root / "data/folder_links.json").read_text())
+    assert links.keys() == {"kittens", "dogs/copy.png"}, links
+    assert links["kittens"] == "cats" and re.match(r"dogs/rgb_2_\d\.png$", links["dogs/copy.png"])
 
 
 def untrusted_folder_case(
@@ -1143,10 +1219,58 @@ CASES = [
         check=raw_shape((12, 8, 8, 3), ["cats", "dogs"], warned=False),
     ),
     folder_case(
+        "16-bit-grey-scaled-to-8-bits",
+        with_16_bit_grey,
+        ok=True,
+        check=grey16_scaled,
+    ),
+    folder_case(
         "junk-folders-ignored",
         with_junk_folders,
+        r"^warning: left out 2 class folder\(s\) without a readable image, so not classes: "
+        r"photos/__MACOSX, photos/empty_class$",
         ok=True,
-        check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=False),
+        check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=True),
+    ),
+    folder_case(
+        "empty-class-folder-named",
+        with_an_empty_class,
+        r"^warning: left out 1 class folder\(s\) without a readable image, so not classes: "
+        r"photos/birds$",
+        ok=True,
+        check=raw_shape((10, 8, 8, 3), ["cats", "dogs"], warned=True),
+    ),
+    folder_case(
+        "class-name-with-newline",
+        with_class_named("sea\nlions"),
+        r"^error: data\.folder: the class folder photos/sea\\nlions has '\\n' in its name; "
+        r"class names become lines of labels\.txt and tab-separated fields of `tlpipe predict`: "
+        r"rename it without tabs, line breaks or other control characters$",
+    ),
+    # `check` runs before download on every dvc run: DVC's hash of the folder skips folder links
+    folder_case(
+        "check-refuses-a-class-linked-from-outside",
+        with_class_linked_from_outside,
+        r"^error: data\.dataset: photos/birds links to /\S+/elsewhere, outside photos",
+        command="check",
+    ),
+    folder_case(
+        "check-refuses-a-class-name-with-newline",
+        with_class_named("sea\nlions"),
+        r"^error: data\.folder: the class folder photos/sea\\nlions has '\\n' in its name; ",
+        command="check",
+    ),
+    folder_case(
+        "check-records-links-inside",
+        with_links_inside,
+        ok=True,
+        command="check",
+        check=links_recorded,
+    ),
+    folder_case(
+        "class-name-with-tab",
+        with_class_named("sea\tlions"),
+        r"^error: data\.folder: the class folder photos/sea\\tlions has '\\t' in its name; ",
     ),
     folder_case(
         "mixed-sizes",
@@ -1264,17 +1388,30 @@ CASES = [
             rf"\(not a \.keras zip archive: empty, truncated or overwritten\){RERUN}",
         ),
     ),
-    prepared_case(
+    # checked before the first stage does work (not in `features`, after download and prepare)
+    params_case(
         "unfreeze-from-no-layer",
-        "features",
-        lambda root, assets: None,
-        r"^error: finetune\.unfreeze_from: got 'block9_conv1', which is not a layer of vgg16; "
-        r"expected auto or one of its layers, e\.g\. block\d_\w+, ",
-        changes={"finetune.unfreeze_from": "block9_conv1"},
+        {"finetune.unfreeze_from": "block9_conv1"},
+        r"^error: finetune\.unfreeze_from: got 'block9_conv1', which is not a layer of vgg16 where "
+        r"fine-tuning can start; expected auto \(block5_conv1\) or another first layer of a block",
+    ),
+    params_case(
+        "unfreeze-from-inside-a-resnet-block",
+        {"backbone.name": "resnet50", "finetune.unfreeze_from": "conv5_block1_2_conv"},
+        r"^error: finetune\.unfreeze_from: got 'conv5_block1_2_conv', which is not a layer of "
+        r"resnet50 where fine-tuning can start; expected auto \(conv5_block1_1_conv\)",
     ),
     Case(
         "weights-file-not-hdf5",
         garbage_weights_file,
+        (
+            r"^error: backbone\.weights: got 'weights/vgg16_notop\.h5', which is not an HDF5 file "
+            r"\(no HDF5 signature\); expected Keras weights saved as \.h5",
+        ),
+    ),
+    Case(
+        "weights-file-other-hdf5",
+        other_hdf5_as_weights,
         (
             r"^error: backbone\.weights: weights/vgg16_notop\.h5 "
             r"does not hold vgg16 weights without the top \(.+\)$",
@@ -1303,6 +1440,13 @@ CASES = [
         predict_with_a_broken_image,
         r"^error: new/broken\.jpg: not a readable image \(.+\)$",
         check=others_classified,
+    ),
+    Case(
+        "predict-16-bit-grey-as-its-8-bit-twin",
+        predict_16_bit_and_8_bit_grey,
+        (),
+        ok=True,
+        check=same_as_8_bit,
     ),
     tlpipe_case(
         "summary-truncated-model",

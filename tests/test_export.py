@@ -17,7 +17,15 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from tests.helpers import OFFLINE, REPO, VENV_BIN, copy_project, run, stages_that_ran
+from tests.helpers import (
+    OFFLINE,
+    REPO,
+    UP_TO_DATE,
+    VENV_BIN,
+    copy_project,
+    run,
+    stages_that_ran,
+)
 from tlpipe.data.images import to_model_input
 from tlpipe.outputs.export import canonical_onnx, resize_pixels
 
@@ -188,7 +196,7 @@ def test_each_format_in_its_own_runtime_predicts_what_tlpipe_predict_does(projec
 
 @pytest.mark.slow
 def test_the_stage_is_up_to_date_and_writes_labels_and_a_model_card(project):
-    assert "up to date" in run(["dvc", "status"], project).output
+    assert json.loads(run(["dvc", "status", "--json"], project).stdout) == UP_TO_DATE
     assert (project / "models/export/labels.txt").read_text() == "".join(
         f"{digit}\n" for digit in range(10)
     )

@@ -5,6 +5,9 @@ bytes and relative path) whether it is a plain folder or one tracked with `dvc a
 deleting, replacing or renaming images marks download changed; touching a file or changing one
 outside the folder does not. Switching between a folder, digits and a tfds name is a params edit.
 Each case goes through `dvc status --json download`; a few through a real `dvc repro -s download`.
+DVC's hash skips links to folders (a class folder linked in changes no hash): the `check` stage,
+which runs every time, refuses one leading outside and records those inside, which download
+depends on.
 """
 
 from __future__ import annotations
@@ -20,8 +23,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import SHIPPED_PARAMS, commit_all, copy_project, run, set_param, stages_that_ran
-from tlpipe.core.paths import NO_FOLDER, raw_labels
+from tests.helpers import (
+    ALWAYS_RUN,
+    SHIPPED_PARAMS,
+    commit_all,
+    copy_project,
+    run,
+    set_param,
+    stages_that_ran,
+)
+from tlpipe.core.paths import NO_FOLDER, RAW_DIR, raw_labels
 
 PER_CLASS = 12  # enough for prepare's stratified val and test splits
 
@@ -57,7 +68,7 @@ def project(request, tmp_path_factory) -> Path:
         assert (root / "photos.dvc").is_file()
     commit_all(root, "photos")
     result = run(["dvc", "repro", "prepare"], root)
-    assert stages_that_ran(result.output) == {"download", "prepare"}
+    assert stages_that_ran(result.output) == ALWAYS_RUN | {"download", "prepare"}
     assert status(root) == {}
     return root
 
@@ -124,7 +135,7 @@ def test_repro_reruns_download_and_what_follows_for_new_images_only(project: Pat
     undo = add_image(project / "photos")
     try:
         result = run(["dvc", "repro", "prepare"], project)
-        assert stages_that_ran(result.output) == {"download", "prepare"}
+        assert stages_that_ran(result.output) == ALWAYS_RUN | {"download", "prepare"}
         assert f"download: folder: {2 * PER_CLASS + 1} train" in result.stdout
     finally:
         undo()
@@ -134,7 +145,7 @@ def test_repro_reruns_download_and_what_follows_for_new_images_only(project: Pat
     assert "Stage 'download' is cached - skipping run, checking out outputs" in result.output
     assert len(np.load(project / raw_labels("train"))) == 2 * PER_CLASS
     result = run(["dvc", "repro", "prepare"], project)
-    assert stages_that_ran(result.output) == set()
+    assert stages_that_ran(result.output) == ALWAYS_RUN
     assert "Stage 'download' didn't change, skipping" in result.output
 
 
@@ -157,3 +168,42 @@ def test_switching_datasets_edits_params_only(project: Path):
     assert len(np.load(project / raw_labels("train"))) == 2 * PER_CLASS
     assert status(project) == {}
     assert (project / "dvc.yaml").read_bytes() == dvc_yaml
+
+
+def raw_bytes(project: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in (project / RAW_DIR).iterdir()}
+
+
+@pytest.mark.slow
+def test_a_class_folder_linked_from_outside_after_a_run_is_refused_by_the_next(project: Path):
+    elsewhere = project.parent / f"{project.name}-elsewhere"
+    save_png(elsewhere / "x.png", 7)
+    (project / "photos/birds").symlink_to(elsewhere)
+    before = raw_bytes(project)
+    try:
+        assert status(project) == {}  # DVC's hash of photos/ does not see the link
+        result = run(["dvc", "repro", "prepare"], project, check=False)
+    finally:
+        (project / "photos/birds").unlink()
+    assert result.returncode != 0
+    assert "Traceback" not in result.output
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: data.dataset: photos/birds links to {elsewhere}, outside ")
+    assert stages_that_ran(result.output) == ALWAYS_RUN  # stopped before download
+    assert raw_bytes(project) == before
+    result = run(["dvc", "repro", "prepare"], project)  # the link gone: nothing to redo
+    assert stages_that_ran(result.output) == ALWAYS_RUN
+
+
+@pytest.mark.slow
+def test_a_class_folder_linked_from_inside_reruns_download(project: Path):
+    (project / "photos/kittens").symlink_to("cats")
+    try:
+        result = run(["dvc", "repro", "prepare"], project)
+        assert stages_that_ran(result.output) == ALWAYS_RUN | {"download", "prepare"}
+        assert f"download: folder: {3 * PER_CLASS} train" in result.stdout
+        assert "in 3 classes" in result.stdout
+    finally:
+        (project / "photos/kittens").unlink()
+    run(["dvc", "repro", "prepare"], project)  # back to the committed folder
+    assert len(np.load(project / raw_labels("train"))) == 2 * PER_CLASS

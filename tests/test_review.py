@@ -12,7 +12,17 @@ import shlex
 
 import pytest
 
-from tests.helpers import ALL_STAGES, OFFLINE, REPO, TINY, VENV_BIN, commit_all, copy_project, run
+from tests.helpers import (
+    ALL_STAGES,
+    ALWAYS_RUN,
+    OFFLINE,
+    REPO,
+    TINY,
+    VENV_BIN,
+    commit_all,
+    copy_project,
+    run,
+)
 from tlpipe.outputs.review import demo_overrides
 
 OVERRIDES = [*OFFLINE, *TINY, "-S", "lr=1e-4"]
@@ -92,7 +102,7 @@ def test_head_reruns_only_the_stages_lr_reaches(reviewed):
     assert set(base.values()) <= {"ran", "restored from the run cache"}
     # export reads every key that shapes the model (its card lists them), lr included.
     ran = {stage for stage, event in head.items() if event == "ran"}
-    assert ran == {"finetune", "evaluate", "export"}
+    assert ran == ALWAYS_RUN | {"finetune", "evaluate", "export"}
     assert reviewed[1].count("Running stage 'train'") == 1  # base only
 
 
@@ -100,8 +110,10 @@ def test_the_demo_overrides_are_those_make_demo_runs():
     """Read from the Makefile, not copied: what `make demo` would pass to `dvc exp run`."""
     overrides = demo_overrides(REPO)
     demo = run(["make", "-n", "--no-print-directory", "demo"], REPO).stdout
-    (command,) = [line for line in demo.splitlines() if line.startswith("dvc exp run")]
-    words = shlex.split(command)[3:]
+    (command,) = [
+        line for line in demo.splitlines() if " -m tlpipe.outputs.dvcrun exp run " in line
+    ]
+    words = shlex.split(command)[5:]  # after `python -m tlpipe.outputs.dvcrun exp run`
     assert words == [word for override in overrides for word in ("-S", override)]
     assert {"data.dataset=digits", "backbone.weights=none"} <= set(overrides)  # offline
 

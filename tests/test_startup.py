@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -19,10 +20,12 @@ import yaml
 from PIL import Image
 
 from tests.helpers import (
+    REPO,
     SHIPPED_PARAMS,
     VENV_BIN,
     command_env,
     copy_project,
+    run,
     save_random_model,
 )
 
@@ -129,6 +132,58 @@ def test_predict_prints_its_results_and_one_line_errors_only(model_dir):
     assert TF_START_UP.search(verbose.stderr), verbose.stderr[:2000]
     assert verbose.stdout == quiet.stdout
     assert verbose.stderr.splitlines()[-1] == error
+
+
+# The export stage's conversions of a tiny model, imports in the stage's order (tlpipe first).
+EXPORT_TINY_MODEL = """
+import sys
+from pathlib import Path
+from tlpipe.outputs.export import export_model, use_pure_python_protobuf
+use_pure_python_protobuf()
+import keras
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3, strides=4),
+    keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
+export_model(model, Path(sys.argv[1]), image_size=32, class_names=["a", "b"])
+print("exported")
+"""
+
+
+def test_the_export_conversions_print_nothing_even_where_tensorflow_imported_quietly(tmp_path):
+    """With oneDNN off (as on CPUs without AVX-512), `import tensorflow` logs nothing through
+    absl, so absl's banner came out of the LiteRT converter in the export stage instead."""
+    (tmp_path / "export").mkdir()
+    env = {**environment(verbose=False), "TF_ENABLE_ONEDNN_OPTS": "0"}
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", EXPORT_TINY_MODEL, str(tmp_path / "export")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "exported\n"
+    assert TF_START_UP.search(result.stderr) is None, result.stderr[:2000]
+    assert result.stderr == ""
+
+
+@pytest.mark.slow
+def test_the_demo_runs_dvc_without_its_warnings_about_nothing_to_restore(tmp_path):
+    """`make demo` on a fresh clone: plain `dvc exp run` warns "No file hash info found ... It
+    won't be created" once per output before any stage runs (no dvc.lock yet); the demo's DVC
+    command (tlpipe/outputs/dvcrun.py) leaves that out. Both run the first two stages only."""
+    demo = run(["make", "-n", "--no-print-directory", "demo"], REPO).stdout
+    (line,) = [line for line in demo.splitlines() if " -m tlpipe.outputs.dvcrun exp run " in line]
+    _, *arguments = shlex.split(line)  # the venv python make names: the tests run with theirs
+    results = {}
+    for name, command in (("dvc", [str(VENV_BIN / "dvc")]), ("demo", [str(VENV_BIN / "python")])):
+        project = copy_project(tmp_path / name)
+        words = arguments if name == "demo" else arguments[2:]  # without `-m tlpipe.outputs.dvcrun`
+        results[name] = run([*command, *words, "check", "download"], project)
+    assert results["dvc"].stderr.count("No file hash info found") >= 2  # what DVC does
+    assert results["demo"].stderr == ""
+    assert "Running stage 'download'" in results["demo"].stdout
 
 
 @pytest.mark.parametrize("first_on_path", ["bare venv", "system only"])

@@ -11,11 +11,9 @@ as text: `dvc exp run -S lr=1e-5` writes `1e-05`, which PyYAML (YAML 1.1) reads 
 from __future__ import annotations
 
 import json
-import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
-import annotated_types
 import yaml
 from pydantic import (
     BaseModel,
@@ -26,11 +24,12 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydantic.fields import FieldInfo
 
 from tlpipe.core.backbone import BACKBONES
+from tlpipe.core.layers import FINETUNE_STARTS
 from tlpipe.core.paths import PARAMS_FILE
 from tlpipe.core.runtime import UserError
+from tlpipe.core.validation import explain
 
 SCHEMA_FILE = Path("params.schema.json")
 MIN_IMAGE_SIZE = 32  # keras.applications backbones need at least 32x32 inputs
@@ -173,6 +172,11 @@ class BackboneParams(Section):
             raise ValueError(
                 "; expected imagenet, none, or the path of an existing .h5 weights file"
             )
+        if not _is_hdf5(Path(value)):  # else found only in `features`, after download and prepare
+            raise ValueError(
+                ", which is not an HDF5 file (no HDF5 signature); expected Keras weights saved as "
+                ".h5, e.g. by model.save_weights"
+            )
         return value
 
 
@@ -294,7 +298,7 @@ def parse_params(raw: Any) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as error:
-        problems = list(dict.fromkeys(_explain(problem, raw) for problem in _by_field(error)))
+        problems = explain(error, raw, root=Params, file_name=PARAMS_FILE.name)
         raise ParamsError("\n".join(problems)) from None
     if params.prepare.val_fraction + params.prepare.test_fraction >= 1.0:
         raise ParamsError(
@@ -303,6 +307,14 @@ def parse_params(raw: Any) -> Params:
         )
     if params.finetune.unfreeze_from == "auto":
         params.finetune.unfreeze_from = BACKBONES[params.backbone.name].last_block
+    # Checked here, not only when `features` builds the model: after a download and a resize.
+    if params.finetune.unfreeze_from not in FINETUNE_STARTS[params.backbone.name]:
+        name = params.backbone.name
+        raise ParamsError(
+            f"finetune.unfreeze_from: got {params.finetune.unfreeze_from!r}, which is not a layer "
+            f"of {name} where fine-tuning can start; expected auto ({BACKBONES[name].last_block}) "
+            "or another first layer of a block (tlpipe/core/layers.py lists them)"
+        )
     return params
 
 
@@ -313,93 +325,18 @@ def write_schema(path: Path = SCHEMA_FILE) -> None:
     path.write_text(json.dumps(schema, indent=2) + "\n")
 
 
-def _explain(problem: dict[str, Any], raw: Any) -> str:
-    """One pydantic error as 'key: got value; expected what is allowed', the value as written."""
-    loc = [str(part) for part in problem["loc"]]
-    written = raw
-    for part in loc:
-        written = written.get(part) if isinstance(written, dict) else None
-    value = written if loc else raw
-    key = ".".join(loc) or PARAMS_FILE.name
-    if problem["type"] == "extra_forbidden":
-        section = _model_at(loc[:-1])
-        where = ".".join(loc[:-1]) or PARAMS_FILE.name
-        return f"{key}: unknown key; {where} allows {', '.join(section.model_fields)}"
-    if problem["type"] == "missing":
-        return f"{key}: missing from {PARAMS_FILE.name}"
-    if problem["type"] == "value_error":  # our validators' reasons continue "key: got value"
-        return f"{key}: got {value!r}{problem['ctx']['error']}"
-    if loc:
-        field = _model_at(loc[:-1]).model_fields[loc[-1]]
-        allowed = _allowed(field.annotation, field.metadata)
-    else:
-        allowed = _allowed(Params, [])
-    return f"{key}: got {value!r}; expected {allowed}"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def _by_field(error: ValidationError) -> list[dict[str, Any]]:
-    """The errors with each location cut to the params key: a value that fits no member of a
-    union (`threads`: auto or a number) gives one error per member, tagged by pydantic; they
-    become one error on the key, explained from its whole type."""
-    problems = []
-    for problem in error.errors():
-        model: Any = Params
-        key: list[str] = []
-        for part in problem["loc"]:
-            if not (isinstance(model, type) and issubclass(model, BaseModel)):
-                break
-            if part not in model.model_fields:
-                break
-            key.append(part)
-            model = model.model_fields[part].annotation
-        if len(key) < len(problem["loc"]) and problem["type"] != "extra_forbidden":
-            problem = {**problem, "loc": tuple(key), "type": "union"}
-        problems.append(problem)
-    return problems
-
-
-def _model_at(loc: list[str]) -> type[BaseModel]:
-    model: type[BaseModel] = Params
-    for name in loc:
-        model = model.model_fields[name].annotation
-    return model
-
-
-BOUNDS = (
-    (annotated_types.Ge, "ge", ">="),
-    (annotated_types.Gt, "gt", ">"),
-    (annotated_types.Le, "le", "<="),
-    (annotated_types.Lt, "lt", "<"),
-)
-
-
-def _allowed(annotation: Any, metadata: list[Any]) -> str:
-    """What a field accepts, in words, from its type and constraints."""
-    if get_origin(annotation) is Annotated:
-        base, *extra = get_args(annotation)
-        return _allowed(base, [*extra, *metadata])
-    args = get_args(annotation)
-    if type(None) in args:
-        inner = next(arg for arg in args if arg is not type(None))
-        return f"{_allowed(inner, metadata)} or null"
-    if get_origin(annotation) in (Union, types.UnionType):
-        return " or ".join(_allowed(arg, metadata) for arg in args)
-    for item in list(metadata):
-        if isinstance(item, FieldInfo):
-            metadata = [*metadata, *item.metadata]
-    if get_origin(annotation) is Literal:
-        return str(args[0]) if len(args) == 1 else "one of " + ", ".join(map(str, args))
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return f"a mapping with keys {', '.join(annotation.model_fields)}"
-    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}
-    bounds = [
-        f"{symbol} {getattr(item, attribute)}"
-        for item in metadata
-        for bound, attribute, symbol in BOUNDS
-        if isinstance(item, bound)
-    ]
-    return (
-        " and ".join([f"{kind[annotation]} {bounds[0]}", *bounds[1:]])
-        if bounds
-        else kind[annotation]
-    )
+def _is_hdf5(path: Path) -> bool:
+    """Whether `path` starts with the HDF5 signature, at offset 0 or, after a user block, at 512,
+    1024, 2048, ... (the places the HDF5 format allows); reads at most a few bytes per place."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        offset = 0
+        while offset + len(HDF5_SIGNATURE) <= size:
+            file.seek(offset)
+            if file.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return True
+            offset = 512 if offset == 0 else offset * 2
+    return False

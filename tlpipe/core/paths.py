@@ -12,6 +12,8 @@ from pathlib import Path
 PARAMS_FILE = Path("params.yaml")
 SPLITS = ("train", "val", "test")
 
+# check: the links in the image folder, which DVC's hash of the folder does not see
+FOLDER_LINKS_FILE = Path("data/folder_links.json")
 # download: the dataset as uint8 images and integer labels, and where they came from
 RAW_DIR = Path("data/raw")
 # data.folder when data.dataset is not `folder`: dvc.yaml lists data.folder as a dependency of

@@ -46,10 +46,34 @@ def read_image(path: Path, size: int | None) -> np.ndarray:
         if width * height > MAX_IMAGE_PIXELS:
             raise _too_large(width * height, f"{width}x{height}")
         image.load()
-        rgb = image.convert("RGB")
+        rgb = to_rgb(image)
     if size is not None and rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A decoded image as 8-bit RGB, whatever its mode; what `read_image` gives every caller.
+
+    16-bit grey (Pillow's I;16 modes: a 16-bit greyscale PNG) is scaled to 8 bits, 65535 -> 255;
+    `convert("RGB")` would clip it, turning all but the darkest 1/256 of the range white.
+    16-bit RGB, RGBA and grey+alpha PNGs Pillow itself decodes to 8 bits per channel. 32-bit
+    integer (I) and floating-point (F) pixels have no fixed range to scale from (none of
+    IMAGE_FORMATS decodes to them): refused. Everything else is Pillow's `convert("RGB")`: grey
+    repeated, palette looked up, alpha dropped (a transparent pixel keeps the colour stored under
+    it), CMYK converted without its colour profile.
+    """
+    if image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.uint32)
+        grey = ((pixels * 255 + 32767) // 65535).astype(np.uint8)  # rounded: 65535 -> 255
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        raise ValueError(
+            f"{kind} pixels (Pillow mode {image.mode}), which have no fixed range to scale to "
+            "8 bits; expected 8- or 16-bit grey, RGB(A) or palette images"
+        )
+    return image.convert("RGB")
 
 
 def _too_large(pixels: int | None, shape: str | None = None) -> ImageTooLarge:

@@ -15,6 +15,7 @@ import http.client
 import os
 import socket
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,27 +57,24 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
     written to `out_dir` one image at a time; returns the class names.
 
     Files that are not images by suffix are ignored; image files that cannot be decoded, or that
-    declare more than MAX_IMAGE_PIXELS, are skipped with a counted warning. Links are followed
-    only within the folder (see `_check_link`). Images of different sizes need `data.image_size`.
+    declare more than MAX_IMAGE_PIXELS, are skipped with a counted warning, and class folders left
+    without an image are named in a warning. Links are followed only within the folder (see
+    `_check_link`); class names must fit on one line (see `check_class_name`). Images of
+    different sizes need `data.image_size`.
     """
-    root = folder.resolve()
-    entries = [path for path in folder.iterdir() if not path.name.startswith(".")]
-    for path in entries:
-        _check_link(path, root, folder)
-    class_dirs = sorted(path for path in entries if path.is_dir())
+    check_folder(folder)  # every link and class name, before any image is decoded
+    class_dirs = _class_dirs(folder)
     labels: list[int] = []
     class_names: list[str] = []
     skipped: list[str] = []
     too_large: list[str] = []
+    empty: list[str] = []  # class folders without a readable image: not a class
     with contextlib.ExitStack() as stack:
         append = None  # opened at the first decoded image, which sets the row shape
         for class_dir in class_dirs:
             decoded = 0
             for path in sorted(class_dir.iterdir()):
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                _check_link(path, root, folder)
-                if not path.is_file():
+                if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
                     continue
                 try:
                     image = read_image(path, image_size)
@@ -101,6 +99,8 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
             if decoded:
                 labels.extend([len(class_names)] * decoded)
                 class_names.append(class_dir.name)
+            else:
+                empty.append(str(class_dir))
         if skipped:
             print(
                 f"warning: skipped {len(skipped)} unreadable image file(s), e.g. {skipped[0]}",
@@ -112,6 +112,13 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
                 f"e.g. {too_large[0]}",
                 file=sys.stderr,
             )
+        if empty:
+            shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+            print(
+                f"warning: left out {len(empty)} class folder(s) without a readable image, so "
+                f"not classes: {shown}",
+                file=sys.stderr,
+            )
         if len(class_names) < 2:
             raise UserError(
                 f"data.folder: {folder} has {len(class_names)} class folder(s) with readable "
@@ -119,6 +126,52 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
             )
     save_array(raw_labels("train", out_dir), np.asarray(labels, dtype=np.int64))
     return class_names
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    """The class folders of an image folder, sorted by name (hidden ones are not classes)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
+
+
+def check_folder(folder: Path) -> dict[str, str]:
+    """Check what `write_folder` will read of `folder` without decoding an image: every link
+    (class folders and the image files in them) must stay inside it (`_check_link`), and every
+    class name must fit on one line (`check_class_name`). Returns the links, each path relative
+    to `folder` -> where it leads, relative too: what DVC's hash of the folder does not see (it
+    skips links to folders), for the `check` stage to record."""
+    root = folder.resolve()
+    links = {}
+    for entry in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        _check_link(entry, root, folder)
+        if not entry.is_dir():
+            continue
+        check_class_name(entry)
+        for path in [entry, *sorted(entry.iterdir())]:
+            if path != entry and path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            _check_link(path, root, folder)
+            if path.is_symlink():
+                target = path.resolve().relative_to(root)
+                links[path.relative_to(folder).as_posix()] = target.as_posix()
+    return links
+
+
+# Characters a class name must not hold: it becomes one line of labels.txt and a tab-separated
+# column of `tlpipe predict`. Controls (tab, newline, ...), line and paragraph separators (which
+# str.splitlines() also breaks at), and surrogates (bytes of a name that are not UTF-8).
+NOT_IN_CLASS_NAMES = ("Cc", "Zl", "Zp", "Cs")
+
+
+def check_class_name(class_dir: Path) -> None:
+    """Refuse a class folder whose name would not stay one field of one line."""
+    bad = [char for char in class_dir.name if unicodedata.category(char) in NOT_IN_CLASS_NAMES]
+    if bad:
+        shown = repr(class_dir.name).strip("'\"")
+        raise UserError(
+            f"data.folder: the class folder {class_dir.parent}/{shown} has {bad[0]!a} in its "
+            "name; class names become lines of labels.txt and tab-separated fields of "
+            "`tlpipe predict`: rename it without tabs, line breaks or other control characters"
+        )
 
 
 def _check_link(path: Path, root: Path, folder: Path) -> None:
