@@ -7,7 +7,7 @@ dvc.yaml), before download, without TensorFlow or an image decoded:
 
 - params.yaml is validated, as every stage does (a mistake stops the run here, at once);
 - with `data.dataset: folder`, a link that leads outside the folder, loops or leads nowhere, and a
-  class name that would not stay one line, are refused (`sources.check_folder`);
+  class name that would not stay one line, are refused (`folders.check_folder`);
 - data/folder_links.json records the links inside the folder and where they lead. download
   depends on it, so adding or retargeting a link reruns download; unchanged, it stays the same
   bytes and nothing reruns.
@@ -17,7 +17,7 @@ from tlpipe.core.jsonfiles import save_json
 from tlpipe.core.params import load_params
 from tlpipe.core.paths import FOLDER_LINKS_FILE
 from tlpipe.core.runtime import run_stage
-from tlpipe.data.sources import check_folder
+from tlpipe.data.folders import check_folder
 
 
 def main() -> None:

@@ -1052,7 +1052,7 @@ CASES = [
     params_text_case(
         "empty-params-file",
         b"",
-        r"^error: params\.yaml: got None; expected a mapping with keys seed, lr, data, ",
+        r"^error: params\.yaml: got None; expected a mapping with keys seed, lr, threads, data, ",
     ),
     params_text_case(
         "params-a-list",

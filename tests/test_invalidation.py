@@ -110,8 +110,10 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/data/__init__.py": (None, frozenset()),
     "tlpipe/compute/__init__.py": (None, frozenset()),
     "tlpipe/outputs/__init__.py": (None, frozenset()),
-    "tlpipe/data/sources.py": (None, frozenset({"check", "download"})),  # check: the folder's links
-    # prepare: via splits.py; check: via sources.py
+    "tlpipe/data/sources.py": (None, frozenset({"download"})),
+    "tlpipe/data/network.py": (None, frozenset({"download"})),
+    "tlpipe/data/folders.py": (None, frozenset({"check", "download"})),  # check: the folder's links
+    # prepare: via splits.py; check: via folders.py
     "tlpipe/data/images.py": (None, frozenset({"check", "download", "prepare"})),
     "tlpipe/data/splits.py": (None, frozenset({"prepare"})),
     "tlpipe/compute/features.py": (None, frozenset({"features"})),

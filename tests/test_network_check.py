@@ -17,7 +17,7 @@ from http import HTTPStatus
 
 import pytest
 
-from tlpipe.data.sources import unreachable_host
+from tlpipe.data.network import unreachable_host
 
 ARCHIVE = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")

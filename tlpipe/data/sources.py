@@ -9,17 +9,9 @@ dataset (digits, 1,797 small images, in one go); source.json says what was read.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import http.client
-import os
-import socket
-import sys
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 from PIL import Image
@@ -28,17 +20,16 @@ from tlpipe.core.arrays import load_array, open_rows, read_rows, row_appender, s
 from tlpipe.core.jsonfiles import load_json, save_json
 from tlpipe.core.params import DataParams
 from tlpipe.core.paths import RAW_DIR, classes_file, raw_images, raw_labels, source_file
-from tlpipe.core.runtime import OFFLINE_DEMO, UserError
-from tlpipe.data.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, ImageTooLarge, read_image
+from tlpipe.core.runtime import UserError
+from tlpipe.data.folders import write_folder
+from tlpipe.data.network import ensure_tfds_prepared, tfds_data_dir
 
 
 @dataclass
 class RawDataset:
     train_images: np.ndarray  # uint8, (N, H, W, C) with C 1 or 3
     train_labels: np.ndarray  # int64, (N,)
-    class_names: list[str]
-    test_images: np.ndarray | None = None  # the dataset's own test split, where it has one
-    test_labels: np.ndarray | None = None
+    class_names: list[str]  # digits has no test split of its own: prepare holds one out
 
 
 def load_digits() -> RawDataset:
@@ -50,250 +41,6 @@ def load_digits() -> RawDataset:
     return RawDataset(
         images, digits.target.astype(np.int64), [str(name) for name in digits.target_names]
     )
-
-
-def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) -> list[str]:
-    """A folder with one sub-folder of images per class (JPEG, PNG, ...), classes sorted by name,
-    written to `out_dir` one image at a time; returns the class names.
-
-    Files that are not images by suffix are ignored; image files that cannot be decoded, or that
-    declare more than MAX_IMAGE_PIXELS, are skipped with a counted warning, and class folders left
-    without an image are named in a warning. Links are followed only within the folder (see
-    `_check_link`); class names must fit on one line (see `check_class_name`). Images of
-    different sizes need `data.image_size`.
-    """
-    check_folder(folder)  # every link and class name, before any image is decoded
-    class_dirs = _class_dirs(folder)
-    labels: list[int] = []
-    class_names: list[str] = []
-    skipped: list[str] = []
-    too_large: list[str] = []
-    empty: list[str] = []  # class folders without a readable image: not a class
-    with contextlib.ExitStack() as stack:
-        append = None  # opened at the first decoded image, which sets the row shape
-        for class_dir in class_dirs:
-            decoded = 0
-            for path in sorted(class_dir.iterdir()):
-                if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-                    continue
-                try:
-                    image = read_image(path, image_size)
-                except ImageTooLarge as error:
-                    too_large.append(f"{path} ({error})")
-                    continue
-                except UNREADABLE_IMAGE:
-                    skipped.append(str(path))
-                    continue
-                if append is None:
-                    shape = image.shape
-                    append = stack.enter_context(row_appender(raw_images("train", out_dir), shape))
-                if image.shape != shape:
-                    sizes = sorted([shape, image.shape])
-                    examples = ", ".join(f"{w}x{h}" for h, w, _ in sizes)
-                    raise UserError(
-                        f"data.image_size: images in {folder} differ in size ({examples}, ...); "
-                        "set data.image_size (e.g. 150) to resize them while reading"
-                    )
-                append(image[np.newaxis])
-                decoded += 1
-            if decoded:
-                labels.extend([len(class_names)] * decoded)
-                class_names.append(class_dir.name)
-            else:
-                empty.append(str(class_dir))
-        if skipped:
-            print(
-                f"warning: skipped {len(skipped)} unreadable image file(s), e.g. {skipped[0]}",
-                file=sys.stderr,
-            )
-        if too_large:
-            print(
-                f"warning: skipped {len(too_large)} image file(s) over the size limit, "
-                f"e.g. {too_large[0]}",
-                file=sys.stderr,
-            )
-        if empty:
-            shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
-            print(
-                f"warning: left out {len(empty)} class folder(s) without a readable image, so "
-                f"not classes: {shown}",
-                file=sys.stderr,
-            )
-        if len(class_names) < 2:
-            raise UserError(
-                f"data.folder: {folder} has {len(class_names)} class folder(s) with readable "
-                "images; expected at least 2 sub-folders of JPEG/PNG images, one per class"
-            )
-    save_array(raw_labels("train", out_dir), np.asarray(labels, dtype=np.int64))
-    return class_names
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    """The class folders of an image folder, sorted by name (hidden ones are not classes)."""
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir())
-
-
-def check_folder(folder: Path) -> dict[str, str]:
-    """Check what `write_folder` will read of `folder` without decoding an image: every link
-    (class folders and the image files in them) must stay inside it (`_check_link`), and every
-    class name must fit on one line (`check_class_name`). Returns the links, each path relative
-    to `folder` -> where it leads, relative too: what DVC's hash of the folder does not see (it
-    skips links to folders), for the `check` stage to record."""
-    root = folder.resolve()
-    links = {}
-    for entry in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
-        _check_link(entry, root, folder)
-        if not entry.is_dir():
-            continue
-        check_class_name(entry)
-        for path in [entry, *sorted(entry.iterdir())]:
-            if path != entry and path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            _check_link(path, root, folder)
-            if path.is_symlink():
-                target = path.resolve().relative_to(root)
-                links[path.relative_to(folder).as_posix()] = target.as_posix()
-    return links
-
-
-# Characters a class name must not hold: it becomes one line of labels.txt and a tab-separated
-# column of `tlpipe predict`. Controls (tab, newline, ...), line and paragraph separators (which
-# str.splitlines() also breaks at), and surrogates (bytes of a name that are not UTF-8).
-NOT_IN_CLASS_NAMES = ("Cc", "Zl", "Zp", "Cs")
-
-
-def check_class_name(class_dir: Path) -> None:
-    """Refuse a class folder whose name would not stay one field of one line."""
-    bad = [char for char in class_dir.name if unicodedata.category(char) in NOT_IN_CLASS_NAMES]
-    if bad:
-        shown = repr(class_dir.name).strip("'\"")
-        raise UserError(
-            f"data.folder: the class folder {class_dir.parent}/{shown} has {bad[0]!a} in its "
-            "name; class names become lines of labels.txt and tab-separated fields of "
-            "`tlpipe predict`: rename it without tabs, line breaks or other control characters"
-        )
-
-
-def _check_link(path: Path, root: Path, folder: Path) -> None:
-    """Refuse an entry of the image folder that is a link looping, leading nowhere or leading
-    outside the folder (`root` is the folder resolved): the dataset would otherwise take in files
-    from elsewhere (which `dvc push` would then share), or walk in circles."""
-    if not path.is_symlink():
-        return
-    try:
-        target = path.resolve(strict=True)
-    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python 3.11)
-        raise UserError(
-            f"data.dataset: {path} is a link that loops or leads nowhere; class folders and "
-            f"images must be files or folders inside {folder} (links within it are followed)"
-        ) from None
-    if not target.is_relative_to(root):
-        raise UserError(
-            f"data.dataset: {path} links to {target}, outside {folder}; class folders and "
-            f"images must be inside {folder}: copy them in, or point data.dataset at a folder "
-            "that holds them"
-        )
-
-
-def tfds_data_dir() -> Path:
-    """tensorflow-datasets' data folder: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-    return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets").expanduser()
-
-
-def unreachable_host(urls: list[str], timeout: float = 3.0) -> str | None:
-    """The first host among `urls` that cannot be reached in `timeout` seconds (and the proxy
-    tried), else None.
-
-    Reached the way tensorflow-datasets' downloader (requests) will: through the proxy that
-    HTTPS_PROXY / HTTP_PROXY / ALL_PROXY name for the URL unless NO_PROXY exempts its host, else
-    directly.
-    """
-    from requests.utils import get_environ_proxies, select_proxy
-
-    for url in urls:
-        parsed = urlparse(url)
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        proxy = select_proxy(url, get_environ_proxies(url))  # as requests picks it
-        try:
-            if proxy:
-                _ask_proxy(proxy, url, timeout=timeout)
-            else:
-                socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-        except OSError:
-            via = f" through the proxy {_without_password(proxy)}" if proxy else ""
-            return f"{parsed.hostname}{via}"
-    return None
-
-
-def _ask_proxy(proxy: str, url: str, *, timeout: float) -> None:
-    """Raise OSError unless the HTTP(S) proxy `proxy` reaches `url`'s host, asked as requests
-    asks it: for an https URL, a tunnel (CONNECT host:port answered 200); for an http URL, the
-    request itself (HEAD url; a 502/503/504 gateway error means the proxy could not reach it).
-
-    A SOCKS proxy is not checked (requests needs PySocks for it): tensorflow-datasets then tries.
-    """
-    target = urlparse(url)
-    via = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-    if via.scheme not in ("http", "https"):
-        return
-    headers = {}
-    if via.username:
-        credentials = f"{unquote(via.username)}:{unquote(via.password or '')}"
-        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
-    kind = http.client.HTTPSConnection if via.scheme == "https" else http.client.HTTPConnection
-    connection = kind(
-        via.hostname, via.port or (443 if via.scheme == "https" else 80), timeout=timeout
-    )
-    try:
-        if target.scheme == "https":
-            connection.set_tunnel(target.hostname, target.port or 443, headers=headers)
-            connection.connect()  # sends CONNECT; OSError("Tunnel connection failed: ...")
-        else:
-            connection.request("HEAD", url, headers=headers)
-            status = connection.getresponse().status
-            if status in (502, 503, 504):
-                raise OSError(f"the proxy answered {status}")
-    finally:
-        connection.close()
-
-
-def _without_password(proxy: str) -> str:
-    parsed = urlparse(proxy)
-    return proxy.replace(f":{parsed.password}@", ":***@") if parsed.password else proxy
-
-
-def ensure_tfds_prepared(builder, manual_dir: Path) -> None:
-    """Download and prepare a tfds dataset, failing fast with instructions when offline.
-
-    tfds retries a failed download for minutes; so before starting, check that every archive is
-    either placed in `manual_dir` (tfds then uses it and verifies its checksum) or reachable.
-    """
-    import tensorflow_datasets as tfds
-
-    if builder.is_prepared():
-        return
-    url_infos = builder.url_infos or {}
-    to_fetch = {
-        url: info for url, info in url_infos.items() if not (manual_dir / info.filename).exists()
-    }
-    host = unreachable_host(list(to_fetch))
-    if host is not None:
-        files = ", ".join(sorted(info.filename for info in to_fetch.values()))
-        raise UserError(
-            f"could not reach {host} to download {builder.name} (no network?). Put {files} in "
-            f"{manual_dir}/ (checksum-verified), or run the offline demo: {OFFLINE_DEMO}"
-        )
-    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
-
-    try:
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-        )
-    except NonMatchingChecksumError:
-        raise UserError(
-            f"an archive in {manual_dir}/ does not match the checksum tensorflow-datasets "
-            f"records for {builder.name}; it was not unpacked: replace it with the official file"
-        ) from None
 
 
 def write_tfds_split(
@@ -431,12 +178,10 @@ def limit_training(limit: int | None, seed: int, out_dir: Path = RAW_DIR) -> Non
 
 
 def write_raw(dataset: RawDataset, out_dir: Path = RAW_DIR) -> None:
-    """An in-memory dataset as .npy arrays (images, labels per split) and classes.json."""
+    """An in-memory dataset (digits) as .npy arrays (training images and labels) and
+    classes.json; a test split left by an earlier dataset is deleted."""
     save_array(raw_images("train", out_dir), dataset.train_images)
     save_array(raw_labels("train", out_dir), dataset.train_labels)
     for path in (raw_images("test", out_dir), raw_labels("test", out_dir)):
         path.unlink(missing_ok=True)  # left by an earlier dataset
-    if dataset.test_images is not None:
-        save_array(raw_images("test", out_dir), dataset.test_images)
-        save_array(raw_labels("test", out_dir), dataset.test_labels)
     save_json(classes_file(out_dir), dataset.class_names)
