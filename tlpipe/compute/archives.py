@@ -11,7 +11,7 @@ from typing import Any
 
 from tlpipe.core.files import RERUN_HINT, atomic_path, readable_size
 from tlpipe.core.jsonfiles import load_json, parse_json
-from tlpipe.core.runtime import UserError
+from tlpipe.core.runtime import UserError, first_line
 
 FIXED_SAVE_DATE = "1980-01-01@00:00:00"  # Keras's own date format
 MAX_MODEL_JSON_BYTES = 16 * 2**20  # a model's config.json: 0.02-0.4 MB for the backbones
@@ -108,11 +108,8 @@ def load_model(path: Path) -> Any:
         TypeError,
         zipfile.BadZipFile,
     ) as error:  # TypeError: unknown classes
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
         raise UserError(
-            f"{path} is not a usable Keras model ({first_line}); {RERUN_HINT}"
+            f"{path} is not a usable Keras model ({first_line(error)}); {RERUN_HINT}"
         ) from None
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from tlpipe.core.arrays import array_writer, release_rows
 from tlpipe.core.paths import BACKBONE_FILE, boundary_features, head_features, prepared_images
-from tlpipe.core.runtime import TEMPORARIES, UserError, first_line
+from tlpipe.core.runtime import UserError, deleted_if_interrupted, first_line
 
 SHARDS_PER_WORKER = 4  # enough shards that a slow node does not hold up the end of the run
 MAX_SHARD_BYTES = 64 * 2**20  # of outputs: what one shard holds in memory and in the object store
@@ -188,7 +188,7 @@ def connected(address: str) -> Iterator[Any]:
         )
     except ConnectionError as error:
         raise UserError(
-            f"cluster.address: no Ray cluster at {address!r} ({str(error).splitlines()[0]}); "
+            f"cluster.address: no Ray cluster at {address!r} ({first_line(error)}); "
             "start one with `ray start --head` or set cluster.engine: local"
         ) from None
     try:
@@ -201,14 +201,12 @@ def connected(address: str) -> Iterator[Any]:
 def provisional(path: Path) -> Iterator[None]:
     """For an output written before the work that completes it (the backbone the actors load):
     deleted if the block fails or is interrupted (run_stage's Ctrl-C handler deletes it too)."""
-    TEMPORARIES.add(path)
-    try:
-        yield
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    finally:
-        TEMPORARIES.discard(path)
+    with deleted_if_interrupted(path):
+        try:
+            yield
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
 
 
 def start_workers(ray: Any, **worker_args: Any) -> tuple[list[Any], list[dict]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.core.files import RERUN_HINT, atomic_path, readable_size
-from tlpipe.core.runtime import UserError
+from tlpipe.core.runtime import UserError, first_line
 
 NPY_MAGIC = b"\x93NUMPY"
 # Limits on files read from data/ and models/ (which may come from a DVC remote or another
@@ -237,7 +237,7 @@ def _npy_problem(path: Path, error: Exception) -> str:
         return "it holds pickled Python objects, which are never loaded: they could run code"
     if "Cannot parse header" in str(error):  # numpy's message quotes the whole header
         return "its header cannot be parsed"
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return first_line(error)
 
 
 def check_same_rows(arrays: dict[Path, Sized]) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tlpipe.core.runtime import OFFLINE_DEMO, UserError
+from tlpipe.core.runtime import OFFLINE_DEMO, UserError, first_line
 
 if TYPE_CHECKING:
     import keras
@@ -116,7 +116,7 @@ def build_conv_base(name: str, weights: str, image_size: int) -> keras.Model:
     except (ValueError, OSError) as error:
         raise UserError(
             f"backbone.weights: {weights} does not hold {name} weights without the "
-            f"top ({str(error).splitlines()[0]})"
+            f"top ({first_line(error)})"
         ) from None
 
 

@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from tlpipe.core.runtime import TEMPORARIES
+from tlpipe.core.runtime import deleted_if_interrupted
 
 RERUN_HINT = "delete it and run `dvc repro` again"
 
@@ -55,13 +55,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         if _writer_is_gone(stale):
             stale.unlink(missing_ok=True)
     temporary = _temporary_name(path)
-    TEMPORARIES.add(temporary)  # deleted by the Ctrl-C handler of run_stage
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-        TEMPORARIES.discard(temporary)
+    with deleted_if_interrupted(temporary):
+        try:
+            yield temporary
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -77,14 +76,13 @@ def atomic_folder(path: Path) -> Iterator[Path]:
             shutil.rmtree(stale, ignore_errors=True)
     temporary = _temporary_name(path)
     temporary.mkdir()
-    TEMPORARIES.add(temporary)  # deleted by the Ctrl-C handler of run_stage
-    try:
-        yield temporary
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(temporary, path)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-        TEMPORARIES.discard(temporary)
+    with deleted_if_interrupted(temporary):
+        try:
+            yield temporary
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(temporary, path)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
 
 
 def readable_size(count: int) -> str:

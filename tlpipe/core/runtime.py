@@ -9,15 +9,16 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tlpipe.core.cpu import usable_cores
 
 OFFLINE_DEMO = "make demo"  # named in every error caused by having no network
 INTERRUPTED = "interrupted: no output was finished; rerun `dvc repro` to continue"
-# Half-written outputs (storage.atomic_path's temporary files), deleted if the stage is interrupted.
-TEMPORARIES: set[Path] = set()
+# Half-written outputs, deleted if the stage is interrupted. Only `deleted_if_interrupted` adds and
+# removes entries; a signal handler can reach nothing but process-wide state, hence a module set.
+_TEMPORARIES: set[Path] = set()
 
 
 class UserError(Exception):
@@ -37,7 +38,7 @@ def _stop_now(message: str, signum: int, frame: object) -> None:
     a callback inside TensorFlow's C++ (tracing, nest.flatten), which prints a traceback of its own
     and turns it into a TypeError.
     """
-    for path in list(TEMPORARIES):
+    for path in list(_TEMPORARIES):
         with contextlib.suppress(OSError):
             if path.is_dir():
                 shutil.rmtree(path)
@@ -47,6 +48,17 @@ def _stop_now(message: str, signum: int, frame: object) -> None:
         sys.stdout.flush()
     os.write(2, f"\n{message}\n".encode())
     os._exit(130)
+
+
+@contextlib.contextmanager
+def deleted_if_interrupted(path: Path) -> Iterator[Path]:
+    """Within the block, Ctrl-C (run_stage's handler) deletes `path`, a file or folder being
+    written; the one way outputs are registered for it (atomic_path, atomic_folder, provisional)."""
+    _TEMPORARIES.add(path)
+    try:
+        yield path
+    finally:
+        _TEMPORARIES.discard(path)
 
 
 def run_stage(main: Callable[[], None], interrupted: str = INTERRUPTED) -> None:

@@ -20,7 +20,7 @@ from tlpipe.core.arrays import load_array, open_rows, read_rows, row_appender, s
 from tlpipe.core.jsonfiles import load_json, save_json
 from tlpipe.core.params import DataParams
 from tlpipe.core.paths import RAW_DIR, classes_file, raw_images, raw_labels, source_file
-from tlpipe.core.runtime import UserError
+from tlpipe.core.runtime import UserError, first_line
 from tlpipe.data.folders import write_folder
 from tlpipe.data.network import ensure_tfds_prepared, tfds_data_dir
 
@@ -95,7 +95,7 @@ def write_tfds(name: str, image_size: int | None, out_dir: Path = RAW_DIR) -> tu
             "'folder' (see https://www.tensorflow.org/datasets/catalog)"
         ) from None
     except AssertionError as error:  # tfds: "... Dataset x cannot be loaded at version v, only: w."
-        reason = str(error).splitlines()[0]
+        reason = first_line(error)
         raise UserError(
             f"data.dataset: got {name!r}; the installed tensorflow-datasets {tfds.__version__} "
             f"says: {reason[reason.find('Dataset ') :]}"
@@ -120,7 +120,7 @@ def write_tfds(name: str, image_size: int | None, out_dir: Path = RAW_DIR) -> tu
         write_tfds_split(builder, "train", image_size=image_size, out_dir=out_dir)
     except ValueError as error:  # tfds: unknown split
         raise UserError(
-            f"data.dataset: {name} has no 'train' split ({str(error).splitlines()[0]})"
+            f"data.dataset: {name} has no 'train' split ({first_line(error)})"
         ) from None
     if "test" in builder.info.splits:
         write_tfds_split(builder, "test", image_size=image_size, out_dir=out_dir)

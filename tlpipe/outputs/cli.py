@@ -18,7 +18,7 @@ import numpy as np
 
 from tlpipe.compute.archives import load_model, load_model_info
 from tlpipe.core.paths import MODEL_FILE
-from tlpipe.core.runtime import UserError, run_stage
+from tlpipe.core.runtime import UserError, first_line, run_stage
 from tlpipe.data.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, read_image
 
 
@@ -176,7 +176,7 @@ def predict(args: argparse.Namespace) -> int:
                 image = read_image(path, None)
             except UNREADABLE_IMAGE as error:  # not found, not an image, truncated
                 failed += 1
-                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                reason = first_line(error)
                 print(f"error: {path}: not a readable image ({reason})", file=sys.stderr)
                 continue
             readable.append((path, to_model_input(image[np.newaxis], info["image_size"])[0]))
