@@ -36,12 +36,19 @@ def shipped_params_text() -> str:
     return committed.stdout if committed.returncode == 0 else (REPO / "params.yaml").read_text()
 
 
+DELETE = object()  # as a value in a params change: remove the key
+
+
 def set_param(params: dict, dotted: str, value: object) -> None:
-    """Set `params["train"]["epochs"]` for dotted "train.epochs", as `dvc exp run -S` does."""
+    """Set `params["train"]["epochs"]` for dotted "train.epochs", as `dvc exp run -S` does (or
+    remove the key, for `DELETE`)."""
     *sections, leaf = dotted.split(".")
     for section in sections:
         params = params[section]
-    params[leaf] = value
+    if value is DELETE:
+        del params[leaf]
+    else:
+        params[leaf] = value
 
 
 def write_params(root: Path, changes: dict[str, object] | None = None) -> Path:

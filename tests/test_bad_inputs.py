@@ -30,12 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from tests.helpers import OFFLINE, REPO, SHIPPED_PARAMS, VENV_BIN, copy_project, run, set_param
+from tests import project
+from tests.helpers import OFFLINE, REPO, SHIPPED_PARAMS, VENV_BIN, copy_project, run
+from tests.project import DELETE
 
-DELETE = object()  # as a value in a params change: remove the key
+OFFLINE_CONFIG = {"data.dataset": "digits", "backbone.weights": "none"}
+
 SPLITS = ("train", "val", "test")
 PYTHON = str(VENV_BIN / "python")
 TLPIPE = str(VENV_BIN / "tlpipe")
@@ -61,17 +63,9 @@ PHOTOS = {"data.dataset": "folder", "data.folder": "./photos"}
 
 
 def write_params(root: Path, changes: dict[str, object] | None = None) -> None:
-    """The project's params.yaml on the offline config, with `changes` ({"train.epochs": 3})
-    applied."""
-    params = yaml.safe_load(SHIPPED_PARAMS)
-    params["data"]["dataset"], params["backbone"]["weights"] = "digits", "none"
-    for dotted, value in (changes or {}).items():
-        if value is DELETE:
-            section, leaf = dotted.split(".")
-            del params[section][leaf]
-        else:
-            set_param(params, dotted, value)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    """The project's params.yaml on the offline config, with `changes` ({"train.epochs": 3},
+    or DELETE to remove a key) applied."""
+    project.write_params(root, {**OFFLINE_CONFIG, **(changes or {})})
 
 
 def stage(name: str) -> list[str]:

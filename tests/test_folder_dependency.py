@@ -20,16 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
+from tests import project as shared
 from tests.helpers import (
     ALWAYS_RUN,
-    SHIPPED_PARAMS,
     commit_all,
     copy_project,
     run,
-    set_param,
     stages_that_ran,
 )
 from tlpipe.core.paths import NO_FOLDER, RAW_DIR, raw_labels
@@ -44,10 +42,8 @@ def save_png(path: Path, seed: int) -> None:
 
 
 def write_params(project: Path, **changes: object) -> None:
-    params = yaml.safe_load(SHIPPED_PARAMS)
-    for dotted, value in {"backbone.weights": "none", **changes}.items():
-        set_param(params, dotted, value)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    """The shipped params with random weights and `changes` ({"data.dataset": "folder"})."""
+    shared.write_params(project, {"backbone.weights": "none", **changes})
 
 
 def status(project: Path) -> dict:

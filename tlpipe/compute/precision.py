@@ -6,13 +6,12 @@ native bfloat16 instructions emulates them and runs slower than float32; float16
 a GPU. `effective_precision` falls back to float32 there, with one line saying why.
 
 Training in bfloat16 on a CPU also swaps one kernel. oneDNN's bfloat16 kernel for the filter
-gradient of a channels-last convolution runs at about 0.6x its float32 kernel on this kind of
-machine (AVX-512 BF16; VGG16's block5 at 9x9, batch 64: 84-90 ms against 54-56 ms), which held a
-bfloat16 fine-tuning epoch to 1.15x float32. Each kernel tap's filter gradient is one matrix
-product of the input and output-gradient rows it pairs, and oneDNN's bfloat16 matmul is fast
-(34 ms for the same gradient), so `computing_in` gives trainable stride-1 convolutions that
-gradient (`filter_gradient_by_taps`) while they compute in bfloat16 on a CPU: 2.16x float32 an
-epoch (benchmarks/RESULTS.md).
+gradient of a channels-last convolution is slower than its float32 kernel on AVX-512 BF16 CPUs,
+which held a bfloat16 fine-tuning epoch to little more than float32's speed. Each kernel tap's
+filter gradient is one matrix product of the input and output-gradient rows it pairs, and
+oneDNN's bfloat16 matmul is fast, so `computing_in` gives trainable stride-1 convolutions that
+gradient (`filter_gradient_by_taps`) while they compute in bfloat16 on a CPU: about twice
+float32's speed an epoch (benchmarks/RESULTS.md, "bfloat16 training at twice float32").
 """
 
 from __future__ import annotations
