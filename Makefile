@@ -7,7 +7,8 @@ PYTHON ?= python3
 export PATH := $(BIN):$(PATH)
 
 # Offline demo: bundled digits, random-init VGG16. With random weights there is nothing pretrained
-# to preserve, so fine-tuning starts earlier (block4) at a higher lr; chosen by measurement (README).
+# to preserve, so fine-tuning starts earlier (block4) at a higher lr; chosen by measurement
+# (benchmarks/RESULTS.md, "Choosing the offline demo's settings").
 DEMO_PARAMS := -S data.dataset=digits -S backbone.weights=none \
                -S finetune.unfreeze_from=block4_conv1 -S lr=1e-4
 # More overrides for one call, e.g. make demo DEMO_EXTRA="-S train.epochs=3"

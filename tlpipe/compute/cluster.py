@@ -111,7 +111,7 @@ class FeatureWorker:
         if not backbone_file.is_file():
             raise UserError(
                 f"features: Ray node {node} cannot see {backbone_file}; every node needs the "
-                "project folder at the same path (a shared filesystem: README, Scaling out)"
+                "project folder at the same path (a shared filesystem: docs/scaling.md)"
             )
         base = load_model(backbone_file)
         bottom, top = split_at(base, settings.boundary)

@@ -319,7 +319,7 @@ def parse_params(raw: Any) -> Params:
 
 
 def write_schema(path: Path = SCHEMA_FILE) -> None:
-    """Write the JSON Schema of params.yaml (see the README for pointing an editor at it)."""
+    """Write the JSON Schema of params.yaml (docs/development.md: pointing an editor at it)."""
     schema = Params.model_json_schema()
     schema["title"] = "params.yaml of a tlpipe project"
     path.write_text(json.dumps(schema, indent=2) + "\n")
