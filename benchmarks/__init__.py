@@ -5,8 +5,4 @@ run.py. Importing this package imports `tlpipe` first, before anything imports T
 stages do: oneDNN on for every x86 CPU and TensorFlow's start-up notices off (tlpipe/startup.py).
 """
 
-import os
-
 import tlpipe  # noqa: F401
-
-os.environ.setdefault("TQDM_DISABLE", "1")  # the stages' progress bars would interleave the table

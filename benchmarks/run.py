@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -122,6 +123,9 @@ def run_studies(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # The stages' progress bars would interleave the table. Set here, when the benchmark runs, not
+    # when the package is imported: tests import it, and their stage processes inherit os.environ.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory(prefix="tlpipe-bench-") as tmp:
         if args.at_scale:
             from benchmarks.scale import pipeline_at_scale
