@@ -34,7 +34,7 @@ import types
 from collections.abc import Iterator, Sequence
 
 VERBOSE = "TLPIPE_VERBOSE"
-# Third-party modules every stage imports (tlpipe/core/params.py, storage.py, normalization.py).
+# Third-party modules every stage imports (tlpipe/core/params.py, arrays.py, normalization.py).
 STAGE_MODULES = ("numpy", "yaml", "pydantic", "keras")
 # absl's banner before its first message, and absl INFO records ("I<mmdd> <hh:mm:ss.us> <thread>
 # <file>:<line>] ...", before absl is initialised "I0000 00:00:<epoch seconds>..."): what
