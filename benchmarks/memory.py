@@ -22,28 +22,17 @@ BATCH = 8  # small enough that 1x fills a batch: only growth in the number of im
 RSS_N = {"quick": 500, "full": 2000}
 # images per stage at 1x: cheap stages get many, so that holding their data in memory would show;
 # features, evaluate and predict run the full conv base per image (scaled to the machine)
-STAGE_N = {
-    "quick": dict(
-        download=200,
-        download_tfds=200,
-        prepare=200,
-        features=40,
-        train=2000,
-        finetune=120,
-        evaluate=16,
-        predict=16,
-    ),
-    "full": dict(
-        download=400,
-        download_tfds=400,
-        prepare=400,
-        features=80,
-        train=4000,
-        finetune=240,
-        evaluate=32,
-        predict=32,
-    ),
-}
+QUICK_STAGE_N = dict(
+    download=200,
+    download_tfds=200,
+    prepare=200,
+    features=40,
+    train=2000,
+    finetune=120,
+    evaluate=16,
+    predict=16,
+)
+STAGE_N = {"quick": QUICK_STAGE_N, "full": {stage: 2 * n for stage, n in QUICK_STAGE_N.items()}}
 HEAVY = ("features", "finetune", "evaluate", "predict")
 
 

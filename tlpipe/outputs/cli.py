@@ -61,15 +61,20 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="print one JSON list instead of text lines"
     )
     model = predict.add_argument_group("model")
-    model.add_argument(
-        "--model", type=Path, default=MODEL_FILE, help=f"model file (default {MODEL_FILE})"
-    )
+    add_model_argument(model)
     model.add_argument(
         "--batch-size",
         type=int,
         default=32,
         metavar="N",
         help="images per forward pass (default 32)",
+    )
+
+
+def add_model_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--model, the model file a subcommand reads (predict, summary)."""
+    parser.add_argument(
+        "--model", type=Path, default=MODEL_FILE, help=f"model file (default {MODEL_FILE})"
     )
 
 
@@ -80,9 +85,7 @@ def add_summary(commands: argparse._SubParsersAction) -> None:
         description="Print every layer with its output shape, parameter count and whether "
         "fine-tuning trained it; optionally draw the architecture (needs graphviz).",
     )
-    summary.add_argument(
-        "--model", type=Path, default=MODEL_FILE, help=f"model file (default {MODEL_FILE})"
-    )
+    add_model_argument(summary)
     summary.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="also draw the architecture to FILE.png"
     )
