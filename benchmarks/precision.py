@@ -32,6 +32,7 @@ from benchmarks.harness import (
     write_pixels,
 )
 from benchmarks.table import EMULATED, Row, bfloat16_note
+from tlpipe.core.runtime import first_line
 
 FEATURES_SIZE = 64
 FINETUNE_SIZES = (64, 150)
@@ -148,7 +149,7 @@ def run(ctx: Context) -> tuple[dict, list[Row]]:
     except Exception as error:  # oneDNN capped below bfloat16 refuses its bfloat16 kernels
         if native:
             raise
-        reason = str(error).strip().splitlines()[0][:160]
+        reason = first_line(error)[:160]
         return {"failed": reason}, [Row("bfloat16 / float32", "n/a", f"{EMULATED}; {reason}")]
     f32, bf16 = r["float32"], r["bfloat16"]
     r["bf16_features_speedup"] = round(bf16["features_img_s"] / f32["features_img_s"], 2)
