@@ -3,14 +3,15 @@
 Writes metrics/evaluate.json (the numbers `dvc metrics diff` compares) and, under
 metrics/report/: per-class precision/recall/F1/support (per_class.json and per_class.md),
 confusion.csv (rendered by `dvc plots show` with the confusion template), confusion.png, and
-samples.png (test images with predicted and true labels, misclassified first).
+samples.png (test images with predicted and true labels, misclassified first). The fine-tuned
+model's test probabilities go to data/predictions/test.npy, for `analyze`.
 """
 
 import numpy as np
 
 from tlpipe.compute.archives import load_model
 from tlpipe.compute.streaming import batches
-from tlpipe.core.arrays import check_same_rows, load_array, open_rows
+from tlpipe.core.arrays import check_same_rows, load_array, open_rows, save_array
 from tlpipe.core.jsonfiles import load_json, save_json
 from tlpipe.core.params import load_params
 from tlpipe.core.paths import (
@@ -19,6 +20,7 @@ from tlpipe.core.paths import (
     MODEL_FILE,
     PREPARED_DIR,
     REPORT_DIR,
+    TEST_PROBABILITIES_FILE,
     classes_file,
     head_features,
     prepared_images,
@@ -48,6 +50,7 @@ def main() -> None:
     head_probabilities = head_model.predict(batches(features, batch_size=batch_size), verbose=0)
     model_probabilities = full_model.predict(batches(images, batch_size=batch_size), verbose=0)
     head, finetuned = scores(y_test, head_probabilities), scores(y_test, model_probabilities)
+    save_array(TEST_PROBABILITIES_FILE, model_probabilities.astype(np.float32))
     save_json(
         METRICS_FILE,
         {"head": {"accuracy": head["accuracy"], "loss": head["loss"]}, "finetuned": finetuned},

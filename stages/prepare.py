@@ -6,6 +6,8 @@ dataset's own test split is kept as the test split; otherwise `prepare.test_frac
 images is held out.
 """
 
+import sys
+
 import numpy as np
 
 from tlpipe.core.arrays import load_array, open_rows
@@ -13,6 +15,7 @@ from tlpipe.core.jsonfiles import load_json, save_json
 from tlpipe.core.params import load_params
 from tlpipe.core.paths import PREPARED_DIR, RAW_DIR, SPLITS, classes_file, raw_images, raw_labels
 from tlpipe.core.runtime import UserError, run_stage
+from tlpipe.data.balance import class_counts, imbalance_warning
 from tlpipe.data.splits import split_indices, write_split
 
 
@@ -31,6 +34,9 @@ def main() -> None:
     indices = split_indices(
         train_labels, has_test_split=has_test, params=params.prepare, seed=params.seed
     )
+    warning = imbalance_warning(class_counts(train_labels[indices["train"]], class_names))
+    if warning:
+        print(f"prepare: {warning}", file=sys.stderr)
     sources = {"train": (train_images, train_labels), "val": (train_images, train_labels)}
     if has_test:
         test_labels = load_array(raw_labels("test"), mmap=False)

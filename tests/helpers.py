@@ -25,7 +25,7 @@ VENV_BIN = Path(sys.executable).parent
 # among the stages run even when nothing else is, and `dvc status` always lists it.
 ALWAYS_RUN = frozenset({"check"})
 ALL_STAGES = ALWAYS_RUN | frozenset(
-    {"download", "prepare", "features", "train", "finetune", "evaluate", "export"}
+    {"download", "prepare", "features", "train", "finetune", "evaluate", "analyze", "export"}
 )
 UP_TO_DATE = {"check": ["always changed"]}  # `dvc status --json` when there is nothing to do
 # The offline configuration, as small as still learns: for tests that run the pipeline several

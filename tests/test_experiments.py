@@ -87,7 +87,7 @@ def test_a_learning_rate_sweep_never_reruns_features(sweep):
     }
     # same params as the committed base: everything but `check` comes from the cache
     assert ran[1e-5] == ALWAYS_RUN
-    assert ran[1e-4] == ALWAYS_RUN | {"finetune", "evaluate", "export"}
+    assert ran[1e-4] == ALWAYS_RUN | {"finetune", "evaluate", "analyze", "export"}
     # And the features the experiments were fine-tuned on are the base's, byte for byte.
     base_features = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["features"]["outs"]
     for exp in experiments(project):

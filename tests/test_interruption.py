@@ -190,7 +190,12 @@ def test_killed_stages_leave_nothing_finished_looking_and_the_rerun_gives_the_sa
 
         # 3. Rerun to the end: only the killed stage and what follows it run.
         final = run(["dvc", "repro"], killed_root).output
-        assert stages_that_ran(final) == ALWAYS_RUN | {"finetune", "evaluate", "export"}, final
+        assert stages_that_ran(final) == ALWAYS_RUN | {
+            "finetune",
+            "evaluate",
+            "analyze",
+            "export",
+        }, final
         assert json.loads(run(["dvc", "status", "--json"], killed_root).stdout) == UP_TO_DATE
         assert temporaries(killed_root) == []
 

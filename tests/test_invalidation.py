@@ -41,9 +41,12 @@ SEEDED = frozenset({"download", "prepare", "features", "train", "finetune"})
 # stages/ or tlpipe/ module -> (None, the stages that import it, directly or through others).
 READERS: dict[str, tuple[object, frozenset[str]]] = {
     # export: the model card lists every key that shapes the model (all but evaluate.*).
-    "seed": (7, SEEDED | {"export"}),  # evaluate is not seeded: it only predicts
+    "seed": (7, SEEDED | {"analyze", "export"}),  # evaluate is not seeded: it only predicts
     "lr": (3e-5, frozenset({"finetune", "export"})),
-    "threads": (1, frozenset({"train", "finetune", "export"})),  # trained weights depend on it
+    "threads": (
+        1,
+        frozenset({"train", "finetune", "analyze", "export"}),
+    ),  # trained weights depend on it
     "data.dataset": ("mnist:3.0.1", frozenset({"download", "export"})),
     # the dvc.yaml dep ${data.folder}: another path, another dependency
     "data.folder": ("params.schema.json", frozenset({"download", "export"})),
@@ -59,10 +62,10 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "features.dtype": ("float16", frozenset({"features", "export"})),
     "features.precision": ("float32", frozenset({"features", "export"})),
     "train.epochs": (4, frozenset({"train", "export"})),
-    "train.batch_size": (32, frozenset({"train", "export"})),
-    "train.lr": (5e-4, frozenset({"train", "export"})),
-    "train.units": (128, frozenset({"train", "export"})),
-    "train.dropout": (0.3, frozenset({"train", "export"})),
+    "train.batch_size": (32, frozenset({"train", "analyze", "export"})),
+    "train.lr": (5e-4, frozenset({"train", "analyze", "export"})),
+    "train.units": (128, frozenset({"train", "analyze", "export"})),
+    "train.dropout": (0.3, frozenset({"train", "analyze", "export"})),
     "train.patience": (2, frozenset({"train", "export"})),
     "train.replicas": (2, frozenset({"train", "export"})),
     "finetune.epochs": (3, frozenset({"finetune", "export"})),
@@ -76,6 +79,11 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "finetune.precision": ("bfloat16", frozenset({"finetune", "export"})),
     "finetune.replicas": (2, frozenset({"finetune", "export"})),
     "evaluate.batch_size": (64, frozenset({"evaluate"})),
+    "analyze.top_losses": (12, frozenset({"analyze"})),
+    "analyze.gradcam_per_class": (1, frozenset({"analyze"})),
+    "analyze.folds": (3, frozenset({"analyze"})),
+    "analyze.duplicate_threshold": (0.95, frozenset({"analyze"})),
+    "analyze.batch_size": (64, frozenset({"analyze"})),
     "stages/check.py": (None, frozenset({"check"})),
     "stages/download.py": (None, frozenset({"download"})),
     "stages/prepare.py": (None, frozenset({"prepare"})),
@@ -83,6 +91,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "stages/train.py": (None, frozenset({"train"})),
     "stages/finetune.py": (None, frozenset({"finetune"})),
     "stages/evaluate.py": (None, frozenset({"evaluate"})),
+    "stages/analyze.py": (None, frozenset({"analyze"})),
     "stages/export.py": (None, frozenset({"export"})),
     # tlpipe/core: what every stage imports (dvc.yaml declares the folder once per stage). params.py
     # reads the backbone table and layers.py (where each can be cut); normalization.py is the
@@ -110,6 +119,20 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/data/__init__.py": (None, frozenset()),
     "tlpipe/compute/__init__.py": (None, frozenset()),
     "tlpipe/outputs/__init__.py": (None, frozenset()),
+    # analyze declares the whole folder
+    **{
+        f"tlpipe/analysis/{name}.py": (None, frozenset({"analyze"}))
+        for name in (
+            "__init__",
+            "duplicates",
+            "gradcam",
+            "labels",
+            "mistakes",
+            "pictures",
+            "tables",
+        )
+    },
+    "tlpipe/data/balance.py": (None, frozenset({"prepare", "analyze"})),
     "tlpipe/data/sources.py": (None, frozenset({"download"})),
     "tlpipe/data/network.py": (None, frozenset({"download"})),
     "tlpipe/data/folders.py": (None, frozenset({"check", "download"})),  # check: the folder's links
@@ -119,16 +142,17 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/compute/features.py": (None, frozenset({"features"})),
     "tlpipe/compute/precision.py": (None, frozenset({"features", "finetune"})),
     "tlpipe/compute/cluster.py": (None, frozenset({"features"})),
-    "tlpipe/compute/streaming.py": (None, frozenset({"train", "finetune", "evaluate"})),
-    "tlpipe/compute/training.py": (None, frozenset({"train", "finetune"})),
+    "tlpipe/compute/streaming.py": (None, frozenset({"train", "finetune", "evaluate", "analyze"})),
+    "tlpipe/compute/training.py": (None, frozenset({"train", "finetune", "analyze"})),
     "tlpipe/compute/archives.py": (None, STAGES - {"check", "download", "prepare"}),  # .keras files
-    "tlpipe/outputs/report.py": (None, frozenset({"evaluate"})),
+    "tlpipe/outputs/report.py": (None, frozenset({"evaluate", "analyze"})),
     "tlpipe/outputs/export.py": (None, frozenset({"export"})),
     "tlpipe/outputs/card.py": (None, frozenset({"export"})),
     # The `tlpipe` command (predict, summary, review): no stage imports it, it reads the
     # pipeline's outputs; review.py runs the pipeline through DVC.
     "tlpipe/outputs/cli.py": (None, frozenset()),
     "tlpipe/outputs/review.py": (None, frozenset()),
+    "tlpipe/outputs/issues.py": (None, frozenset()),
     "tlpipe/outputs/dvcrun.py": (
         None,
         frozenset(),

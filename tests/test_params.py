@@ -58,6 +58,16 @@ def test_lr_written_by_dvc_exp_run_is_read_as_a_float(tmp_path):
         ),
         ("data.dataset", "", "data.dataset: got ''; expected a non-empty string"),
         ("seed", -3, "seed: got -3; expected an integer >= 0"),
+        ("analyze.folds", 1, "analyze.folds: got 1; expected an integer >= 2 and <= 20"),
+        ("analyze.folds", 50, "analyze.folds: got 50; expected an integer >= 2 and <= 20"),
+        (
+            "analyze.duplicate_threshold",
+            1.5,
+            "analyze.duplicate_threshold: got 1.5; expected a number > 0.0 and <= 1.0",
+        ),
+        ("analyze.duplicate_threshold", 0, "analyze.duplicate_threshold: got 0"),
+        ("analyze.top_losses", 0, "analyze.top_losses: got 0; expected an integer >= 1"),
+        ("analyze.gradcam_per_class", -1, "analyze.gradcam_per_class: got -1"),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(key, value, expected):
@@ -118,6 +128,8 @@ KEYS = [
     "finetune.batch_size",
     "backbone.name",
     "features.batch_size",
+    "analyze.folds",
+    "analyze.duplicate_threshold",
 ]
 
 

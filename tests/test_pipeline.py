@@ -56,7 +56,7 @@ def test_demo_then_lr_experiment_reruns_only_finetune_and_evaluate(project: Path
     # A new fine-tuning learning rate touches finetune, evaluate and export only; lr arrives as a
     # float.
     tuned = run(["dvc", "exp", "run", "-S", "lr=1e-5"], project).output
-    assert stages_that_ran(tuned) == ALWAYS_RUN | {"finetune", "evaluate", "export"}
+    assert stages_that_ran(tuned) == ALWAYS_RUN | {"finetune", "evaluate", "analyze", "export"}
     assert re.search(r"^lr: 1e-05$", (project / "params.yaml").read_text(), re.MULTILINE)
     assert "at lr=1e-05" in tuned
     assert json.loads(run(["dvc", "status", "--json"], project).stdout) == UP_TO_DATE

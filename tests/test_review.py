@@ -102,7 +102,7 @@ def test_head_reruns_only_the_stages_lr_reaches(reviewed):
     assert set(base.values()) <= {"ran", "restored from the run cache"}
     # export reads every key that shapes the model (its card lists them), lr included.
     ran = {stage for stage, event in head.items() if event == "ran"}
-    assert ran == ALWAYS_RUN | {"finetune", "evaluate", "export"}
+    assert ran == ALWAYS_RUN | {"finetune", "evaluate", "analyze", "export"}
     assert reviewed[1].count("Running stage 'train'") == 1  # base only
 
 

@@ -13,9 +13,17 @@ from tlpipe.core.arrays import RowFile, read_rows
 
 
 def batches(
-    x: RowFile, y: RowFile | None = None, *, batch_size: int, seed: int | None = None
+    x: RowFile,
+    y: RowFile | None = None,
+    *,
+    batch_size: int,
+    seed: int | None = None,
+    rows: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """A dataset of (x, y) batches (x alone without `y`), float32, read from disk per batch.
+
+    `rows` (ascending) limits it to those rows of the files, e.g. one fold of a cross-validation;
+    by default, every row.
 
     With a `seed`, each pass over the dataset (each epoch of `fit`) visits the rows in a new
     order, drawn from the seed and the pass's number: two runs see the same orders. Without, the
@@ -25,13 +33,14 @@ def batches(
     """
     if y is not None and len(y) != len(x):
         raise ValueError(f"{x.path} has {len(x)} rows but {y.path} has {len(y)}")
-    n = len(x)
+    chosen = np.arange(len(x)) if rows is None else np.asarray(rows)
+    n = len(chosen)
     passes = itertools.count()
 
     def generate() -> Iterator[tuple[np.ndarray, ...]]:
-        order = np.arange(n)
+        order = chosen
         if seed is not None:
-            order = np.random.default_rng([seed, next(passes)]).permutation(n)
+            order = chosen[np.random.default_rng([seed, next(passes)]).permutation(n)]
         for start in range(0, n, batch_size):
             rows = np.sort(order[start : start + batch_size])
             inputs = read_rows(x, rows).astype(np.float32, copy=False)

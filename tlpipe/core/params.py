@@ -210,6 +210,18 @@ class EvaluateParams(Section):
     batch_size: BatchSize
 
 
+# Cosine similarity of two images' centred head features above which they count as near-duplicates.
+Similarity = _number_type(gt=0.0, le=1.0)
+
+
+class AnalyzeParams(Section):
+    top_losses: Count  # test images with the highest loss listed and shown
+    gradcam_per_class: _integer_type(ge=0)  # most confident correct test images per class, mapped
+    folds: _integer_type(ge=2, le=20)  # cross-validation folds for out-of-sample probabilities
+    duplicate_threshold: Similarity
+    batch_size: BatchSize
+
+
 class ClusterParams(Section):
     """Where `features` runs. Not a features param in dvc.yaml: the outputs are the same bytes
     either way (tests/test_cluster.py), so switching engines reruns nothing."""
@@ -229,6 +241,7 @@ class Params(Section):
     train: TrainParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
+    analyze: AnalyzeParams
     cluster: ClusterParams
 
     @property

@@ -42,6 +42,14 @@ FINETUNE_COMPUTE_FILE = FINETUNE_LIVE_DIR / COMPUTE_NAME
 METRICS_FILE = Path("metrics/evaluate.json")
 REPORT_DIR = Path("metrics/report")
 PER_CLASS_FILE = REPORT_DIR / "per_class.json"  # written by report.write_report
+# download (folder datasets): each training row's image file, relative to data.folder
+RAW_FILES_NAME = "files.json"
+# evaluate: the fine-tuned model's test probabilities, which analyze reads instead of recomputing
+TEST_PROBABILITIES_FILE = Path("data/predictions/test.npy")
+# analyze: what the model gets wrong and what looks wrong in the data (docs/analysis.md)
+ANALYSIS_DIR = Path("metrics/analysis")
+ANALYSIS_SUMMARY_FILE = ANALYSIS_DIR / "summary.json"
+LABEL_ISSUES_FILE = ANALYSIS_DIR / "label_issues.csv"
 # export: the model for other programs (file names inside EXPORT_DIR) and its model card
 EXPORT_DIR = Path("models/export")
 SAVED_MODEL_NAME = "saved_model"
@@ -63,6 +71,11 @@ def raw_labels(split: str, folder: Path = RAW_DIR) -> Path:
 def source_file(folder: Path = RAW_DIR) -> Path:
     """Which dataset the raw arrays came from: its name, exact version, the reader's version."""
     return folder / "source.json"
+
+
+def raw_files(folder: Path = RAW_DIR) -> Path:
+    """The image file of each raw training row (folder datasets only; absent for the others)."""
+    return folder / RAW_FILES_NAME
 
 
 def classes_file(folder: Path) -> Path:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.core.arrays import row_appender, save_array
-from tlpipe.core.paths import RAW_DIR, raw_images, raw_labels
+from tlpipe.core.jsonfiles import save_json
+from tlpipe.core.paths import RAW_DIR, raw_files, raw_images, raw_labels
 from tlpipe.core.runtime import UserError
 from tlpipe.data.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, ImageTooLarge, read_image
 
@@ -63,13 +64,14 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
     """
     check_folder(folder)  # every link and class name, before any image is decoded
     labels: list[int] = []
+    files: list[str] = []  # each row's file, relative to the folder: analyze names suspects by it
     class_names: list[str] = []
     skipped = Skipped()
     with contextlib.ExitStack() as stack:
         append, shape = None, None  # opened at the first decoded image, which sets the row shape
         for class_dir in _class_dirs(folder):
             decoded = 0
-            for image in _class_images(class_dir, image_size, skipped):
+            for path, image in _class_images(class_dir, image_size, skipped):
                 if append is None:
                     shape = image.shape
                     append = stack.enter_context(row_appender(raw_images("train", out_dir), shape))
@@ -80,6 +82,7 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
                         "set data.image_size (e.g. 150) to resize them while reading"
                     )
                 append(image[np.newaxis])
+                files.append(path.relative_to(folder).as_posix())
                 decoded += 1
             if decoded:
                 labels.extend([len(class_names)] * decoded)
@@ -93,13 +96,14 @@ def write_folder(folder: Path, image_size: int | None, out_dir: Path = RAW_DIR) 
                 "images; expected at least 2 sub-folders of JPEG/PNG images, one per class"
             )
     save_array(raw_labels("train", out_dir), np.asarray(labels, dtype=np.int64))
+    save_json(raw_files(out_dir), files)
     return class_names
 
 
 def _class_images(
     class_dir: Path, image_size: int | None, skipped: Skipped
-) -> Iterator[np.ndarray]:
-    """The decoded images of one class folder, in name order; the others noted in `skipped`."""
+) -> Iterator[tuple[Path, np.ndarray]]:
+    """(file, decoded image) of one class folder, in name order; the others noted in `skipped`."""
     for path in sorted(class_dir.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
             continue
@@ -111,7 +115,7 @@ def _class_images(
         except UNREADABLE_IMAGE:
             skipped.unreadable.append(str(path))
             continue
-        yield image
+        yield path, image
 
 
 def _class_dirs(folder: Path) -> list[Path]:

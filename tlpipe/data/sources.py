@@ -19,7 +19,14 @@ from PIL import Image
 from tlpipe.core.arrays import load_array, open_rows, read_rows, row_appender, save_array
 from tlpipe.core.jsonfiles import load_json, save_json
 from tlpipe.core.params import DataParams
-from tlpipe.core.paths import RAW_DIR, classes_file, raw_images, raw_labels, source_file
+from tlpipe.core.paths import (
+    RAW_DIR,
+    classes_file,
+    raw_files,
+    raw_images,
+    raw_labels,
+    source_file,
+)
 from tlpipe.core.runtime import UserError, first_line
 from tlpipe.data.folders import write_folder
 from tlpipe.data.network import ensure_tfds_prepared, tfds_data_dir
@@ -150,6 +157,8 @@ def write_dataset(params: DataParams, out_dir: Path = RAW_DIR) -> list[str]:
             "version": version,
             "tensorflow-datasets": importlib.metadata.version("tensorflow-datasets"),
         }
+    if params.image_folder is None:
+        raw_files(out_dir).unlink(missing_ok=True)  # left by an earlier folder dataset
     save_json(classes_file(out_dir), class_names)
     save_json(source_file(out_dir), source)
     return class_names
@@ -175,6 +184,9 @@ def limit_training(limit: int | None, seed: int, out_dir: Path = RAW_DIR) -> Non
         for start in range(0, len(keep), 256):
             append(read_rows(images, keep[start : start + 256]))
     save_array(raw_labels("train", out_dir), labels[keep])
+    if raw_files(out_dir).exists():
+        files = load_json(raw_files(out_dir))
+        save_json(raw_files(out_dir), [files[row] for row in keep])
 
 
 def write_raw(dataset: RawDataset, out_dir: Path = RAW_DIR) -> None:

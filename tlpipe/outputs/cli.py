@@ -4,6 +4,7 @@ tlpipe predict photo.jpg more/photos/          one line per image: path, class, 
 tlpipe predict --top-k 3 --json photo.jpg      the three likeliest classes, as JSON
 tlpipe summary [--plot model.png]               layers, trainable flags, parameter counts
 tlpipe review main [HEAD]                       metrics of two commits, same configuration
+tlpipe issues [--top N] [--csv]                 labels that look wrong, and how to fix them
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict(commands)
     add_summary(commands)
     add_review(commands)
+    add_issues(commands)
     return parser
 
 
@@ -112,6 +114,23 @@ def add_review(commands: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="an override for both sides, as `dvc exp run -S` takes it (repeatable); "
         "replaces the demo's",
+    )
+
+
+def add_issues(commands: argparse._SubParsersAction) -> None:
+    issues = commands.add_parser(
+        "issues",
+        help="list the training and validation labels that look wrong (from `analyze`)",
+        description="Print metrics/analysis/label_issues.csv, most likely wrong first, and for "
+        "folder datasets the `mv` command that moves each file to its suggested class folder. "
+        "Nothing is moved: look at the image first (metrics/analysis/label_issues.png).",
+    )
+    output = issues.add_argument_group("output")
+    output.add_argument(
+        "--top", type=int, default=20, metavar="N", help="show the first N (default 20; 0: all)"
+    )
+    output.add_argument(
+        "--csv", action="store_true", help="print CSV (with a `command` column) instead"
     )
 
 
@@ -235,9 +254,19 @@ def review(args: argparse.Namespace) -> int:
     return 0
 
 
+def issues(args: argparse.Namespace) -> int:
+    from tlpipe.outputs.issues import format_issues, image_folder, read_issues
+
+    if args.top < 0:
+        raise UserError(f"--top must be 0 (all) or more; got {args.top}")
+    print(format_issues(read_issues(), image_folder(), top=args.top, as_csv=args.csv), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    command = {"predict": predict, "summary": summary, "review": review}[args.command]
+    commands = {"predict": predict, "summary": summary, "review": review, "issues": issues}
+    command = commands[args.command]
 
     def run() -> None:
         code = command(args)

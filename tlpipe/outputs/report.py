@@ -88,7 +88,9 @@ def write_confusion_rows(
         )
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
+def save_figure(figure: plt.Figure, path: Path) -> None:
+    """Write `figure` as a PNG atomically, without a timestamp or software name in its metadata, so
+    reruns give identical bytes; then close it."""
     with atomic_path(path) as temporary:
         figure.savefig(
             temporary, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None}
@@ -130,7 +132,7 @@ def plot_samples(
             color="black" if t == p else "red",
         )
     figure.suptitle("Test predictions (misclassified first, in red)")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def per_class_markdown(report: dict[str, dict[str, float]], class_names: list[str]) -> str:
