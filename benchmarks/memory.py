@@ -1,7 +1,8 @@
 """Memory stays flat in the number of images: the peak RSS of each job at N and at 10N images.
 
 - the features extraction alone, in a child, on N and 10N memory-mapped uint8 images at 32 px;
-- every stage run as DVC runs it (`python -m stages.<name>`, each in its own child and folder) and
+- every stage run as DVC runs it (`python -m stages.<name>`, each in its own child and folder,
+  analyze included) and
   `tlpipe predict` on a photo folder, at 150 px, on 1x and 10x synthetic inputs (tests/project.py);
 - the bytes prepare and features write per 224 px image, with float32 and float16 caches.
 """
@@ -30,6 +31,7 @@ QUICK_STAGE_N = dict(
     train=2000,
     finetune=120,
     evaluate=16,
+    analyze=400,  # reads caches and pixels; Grad-CAM runs the model on a fixed few images only
     predict=16,
 )
 STAGE_N = {"quick": QUICK_STAGE_N, "full": {stage: 2 * n for stage, n in QUICK_STAGE_N.items()}}
@@ -130,12 +132,32 @@ def model_stages(base: Path, n: dict[str, int], seed: int) -> dict[str, float]:
     write_caches(root, {"test": n["evaluate"]}, "head", shapes["head"])
     shutil.copytree(base / "finetune" / "models", root / "models")
     rss["evaluate"] = stage_rss(root, "stages.evaluate")
+    rss["analyze"] = analyze_rss(base, n["analyze"], shapes["head"], seed)
     root = base / "predict"
     write_photos(root / "photos", n=n["predict"], seed=10 + seed)
     model = str(base / "finetune" / paths.MODEL_FILE)
     args = ("predict", "--batch-size", str(BATCH), "--model", model, "photos")
     rss["predict"] = stage_rss(root, "tlpipe.outputs.cli", *args)
     return rss
+
+
+def analyze_rss(base: Path, n: int, head_shape: tuple[int, ...], seed: int) -> float:
+    """The analyze stage on `n` random images' pixels, head caches and test probabilities, with
+    the models train and finetune wrote above (two folds: random caches have ~n/2 per class)."""
+    from tlpipe.core import paths
+
+    root = project(base / "analyze", **{"analyze.folds": 2, "analyze.batch_size": BATCH})
+    write_prepared(root, splits(n), SIZE, seed=seed)
+    write_caches(root, splits(n), "head", head_shape)
+    rng = np.random.default_rng(seed)
+    (root / paths.TEST_PROBABILITIES_FILE).parent.mkdir(parents=True)
+    scores = rng.dirichlet(np.ones(2), splits(n)["test"]).astype(np.float32)
+    np.save(root / paths.TEST_PROBABILITIES_FILE, scores)
+    shutil.copytree(base / "finetune" / "models", root / "models")
+    (root / paths.TRAIN_LIVE_DIR).mkdir(parents=True)
+    shutil.copy(base / "train" / paths.TRAIN_LIVE_DIR / "metrics.json", root / paths.TRAIN_LIVE_DIR)
+    (root / paths.RAW_DIR).mkdir(parents=True)  # no files.json, no raw test split: dataset rows
+    return stage_rss(root, "stages.analyze")
 
 
 def extraction_rss(ctx: Context, precision: str) -> dict[int, dict]:

@@ -5,7 +5,8 @@ run (a much shorter path through the same code than the pipeline, for timing it)
 
 Studies (one module each): features (stage path vs the notebook loop vs onnxruntime), finetune
 (cached vs full epochs), precision (bfloat16 vs float32), memory (peak RSS at N and 10N), ray
-(two loopback nodes vs one process) and recipe (the whole job vs seed 003's notebook; not in the
+(two loopback nodes vs one process), analysis (injected label noise and leaks found, analyze's
+time against features') and recipe (the whole job vs seed 003's notebook; not in the
 default run: minutes of training). The table goes to stdout first; the very last line of stdout is
 one JSON object. Measurements: benchmarks/RESULTS.md.
 """
@@ -24,7 +25,16 @@ if __package__ in (None, ""):  # run as a script: the repository, not benchmarks
     ROOT = Path(__file__).resolve().parents[1]
     sys.path[0] = str(ROOT)
 
-from benchmarks import features, finetune, harness, memory, precision, ray_nodes, versus_recipe
+from benchmarks import (
+    analysis,
+    features,
+    finetune,
+    harness,
+    memory,
+    precision,
+    ray_nodes,
+    versus_recipe,
+)
 from benchmarks.table import header, render
 
 STUDIES = {
@@ -33,9 +43,10 @@ STUDIES = {
     "precision": precision,
     "memory": memory,
     "ray": ray_nodes,
+    "analysis": analysis,
     "recipe": versus_recipe,
 }
-DEFAULT = ("features", "finetune", "precision", "memory", "ray")
+DEFAULT = ("features", "finetune", "precision", "memory", "ray", "analysis")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -44,7 +44,7 @@ from tlpipe.core.paths import (
     PREPARED_DIR,
     SPLITS,
     TEST_PROBABILITIES_FILE,
-    TRAIN_LIVE_DIR,
+    TRAIN_SUMMARY_FILE,
     classes_file,
     head_features,
     prepared_images,
@@ -183,12 +183,10 @@ def study_labels(
 
 def trained_epochs() -> int:
     """The epochs the `train` stage's kept head trained for: each fold's head trains as long."""
-    summary = load_json(TRAIN_LIVE_DIR / "metrics.json")
+    summary = load_json(TRAIN_SUMMARY_FILE)
     epochs = summary.get("best_epoch") if isinstance(summary, dict) else None
     if not isinstance(epochs, int) or epochs < 1:
-        raise UserError(
-            f"{TRAIN_LIVE_DIR / 'metrics.json'} has no best_epoch; rerun `dvc repro train`"
-        )
+        raise UserError(f"{TRAIN_SUMMARY_FILE} has no best_epoch; rerun `dvc repro train`")
     return epochs
 
 

@@ -29,9 +29,12 @@ ALL_STAGES = ALWAYS_RUN | frozenset(
 )
 UP_TO_DATE = {"check": ["always changed"]}  # `dvc status --json` when there is nothing to do
 # The offline configuration, as small as still learns: for tests that run the pipeline several
-# times.
+# times. analyze at its smallest too (2 folds, few pictures): test_pipeline runs its defaults.
 OFFLINE = ["-S", "data.dataset=digits", "-S", "backbone.weights=none"]
 TINY = ["-S", "data.limit=400", "-S", "train.epochs=3", "-S", "finetune.epochs=2"]
+SMALL_ANALYZE = ["-S", "analyze.folds=2", "-S", "analyze.top_losses=6"]
+SMALL_ANALYZE += ["-S", "analyze.gradcam_per_class=1"]
+TINY += SMALL_ANALYZE
 
 
 def __getattr__(name: str) -> object:

@@ -77,3 +77,30 @@ def test_recipe_unfreezes_from_the_named_layer_on() -> None:
     assert trainable == ["block5_conv1", "block5_conv2", "block5_conv3", "block5_pool"]
     features = recipe.extract_features(base, np.zeros((45, 32, 32, 3), np.float32))
     assert features.shape == (45, 1, 1, 512)  # 45 images: two full batches of 20 and one of 5
+
+
+def test_analysis_scores_count_only_the_flips_analyze_can_see(tmp_path) -> None:
+    from benchmarks.analysis import LEAKS, scores
+
+    prepared = tmp_path / "data/prepared"
+    prepared.mkdir(parents=True)
+    np.save(prepared / "train_index.npy", np.array([10, 11, 12, 13]))
+    np.save(prepared / "val_index.npy", np.array([20, 21]))
+    analysis = tmp_path / "metrics/analysis"
+    analysis.mkdir(parents=True)
+    (analysis / "label_issues.csv").write_text(
+        "rank,split,row,source,given,suggested,label_quality\n"
+        "1,train,1,train[11],a,b,0.1\n2,val,0,train[20],a,b,0.2\n3,train,3,train[13],a,b,0.3\n"
+    )
+    (analysis / "duplicates.csv").write_text(
+        "kind,similarity,split_a,row_a,source_a,split_b,row_b,source_b\n"
+        "exact,1.0,train,2,train[12],test,5,train[40]\nnear,0.99,val,1,train[21],test,6,t\n"
+    )
+    # raw rows 11, 20 and 12 flipped (12 is overwritten by a leak, 99 went to the test split)
+    result = scores(tmp_path, flipped={11, 20, 12, 99}, leaked={5, 7}, overwritten={2})
+    assert result["flipped_checked"] == 2  # train row 1 (raw 11) and val row 0 (raw 20)
+    assert result["issues_found"] == 3
+    assert result["issue_recall"] == 1.0
+    assert result["issue_precision"] == round(2 / 3, 3)
+    assert result["leak_recall"] == round(1 / LEAKS, 3)  # test row 5 of {5, 7}; val pairs aside
+    assert result["false_leaks"] == 0

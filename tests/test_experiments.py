@@ -161,11 +161,17 @@ def test_plots_render_curves_and_confusion_matrix(sweep, tmp_path):
     (confusion,) = plots["Test confusion matrix"]
     assert confusion["revisions"] == revs
     assert {"actual", "predicted", "rev"} <= set(confusion["content"]["data"]["values"][0])
-    # each shown once: the curves and the matrix as Vega only; the one picture is the samples grid
+    # each shown once: the curves and the matrix as Vega only; the pictures are the samples grid
+    # and analyze's four grids, one per revision each
     samples = "metrics/report/samples.png"
-    assert set(plots) == {*curves, "Test confusion matrix", samples}
-    assert sorted(image["revisions"][0] for image in plots[samples]) == sorted(revs)
-    assert all(image["type"] == "image" for image in plots[samples])
+    analysis = {
+        f"metrics/analysis/{name}.png"
+        for name in ("top_losses", "gradcam_mistakes", "gradcam_classes", "label_issues")
+    }
+    assert set(plots) == {*curves, "Test confusion matrix", samples, *analysis}
+    for picture in (samples, *analysis):
+        assert sorted(image["revisions"][0] for image in plots[picture]) == sorted(revs)
+        assert all(image["type"] == "image" for image in plots[picture])
 
     run(["dvc", "plots", "diff", *revs, "-o", str(tmp_path / "html")], project)
     html = (tmp_path / "html" / "index.html").read_text()

@@ -20,6 +20,7 @@ from PIL import Image
 from tests.helpers import (
     OFFLINE,
     REPO,
+    SMALL_ANALYZE,
     UP_TO_DATE,
     VENV_BIN,
     copy_project,
@@ -31,6 +32,7 @@ from tlpipe.outputs.export import canonical_onnx, resize_pixels
 
 # The tiny offline pipeline, smaller still: the model only has to exist, not to be good.
 QUICK = ["-S", "data.limit=200", "-S", "train.epochs=1", "-S", "finetune.epochs=1"]
+QUICK += SMALL_ANALYZE
 FORMATS = {
     "saved_model": "models/export/saved_model",
     "litert": "models/export/model.tflite",

@@ -80,7 +80,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "finetune.replicas": (2, frozenset({"finetune", "export"})),
     "evaluate.batch_size": (64, frozenset({"evaluate"})),
     "analyze.top_losses": (12, frozenset({"analyze"})),
-    "analyze.gradcam_per_class": (1, frozenset({"analyze"})),
+    "analyze.gradcam_per_class": (3, frozenset({"analyze"})),
     "analyze.folds": (3, frozenset({"analyze"})),
     "analyze.duplicate_threshold": (0.95, frozenset({"analyze"})),
     "analyze.batch_size": (64, frozenset({"analyze"})),

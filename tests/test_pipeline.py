@@ -49,6 +49,7 @@ def test_demo_then_lr_experiment_reruns_only_finetune_and_evaluate(project: Path
     assert metrics["finetuned"]["accuracy"] > 0.5  # ten classes: chance is 0.1
     assert "finetuned.accuracy" in demo  # the demo prints the test accuracy
     assert_report(project)
+    assert_analysis(project)
 
     # Nothing changed: nothing runs but `check`.
     assert stages_that_ran(run(["dvc", "repro"], project).output) == ALWAYS_RUN
@@ -89,3 +90,22 @@ def assert_report(project: Path) -> None:
         assert image.format == "PNG"
     info = json.loads((project / "models/model.json").read_text())
     assert info == {"backbone": "vgg16", "image_size": 32, "classes": classes}
+
+
+def assert_analysis(project: Path) -> None:
+    """analyze's files: the headline numbers, each table with its header, `tlpipe issues`."""
+    summary = json.loads((project / "metrics/analysis/summary.json").read_text())
+    assert summary["classes"] == 10
+    assert summary["leaks"] == {"train_test": 0, "train_val": 0, "val_test": 0}  # digits: none
+    assert set(summary["balance"]) == {"train", "val", "test"}
+    assert 1.0 <= summary["imbalance_ratio"] < 1.2  # digits' classes are about equal
+    issues = (project / "metrics/analysis/label_issues.csv").read_text().splitlines()
+    assert issues[0] == "rank,split,row,source,given,suggested,label_quality"
+    assert len(issues) == summary["label_issues"] + 1
+    top = (project / "metrics/analysis/top_losses.csv").read_text().splitlines()
+    assert len(top) == 24 + 1  # analyze.top_losses
+    for name in ("top_losses", "gradcam_mistakes", "gradcam_classes", "label_issues"):
+        assert (project / f"metrics/analysis/{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Most confused" in (project / "metrics/analysis/README.md").read_text()
+    listed = run(["tlpipe", "issues", "--top", "3"], project).stdout
+    assert listed.startswith("rank  split") and "label issues, most likely first" in listed

@@ -81,21 +81,26 @@ def gradcam_maps(
         raise ValueError(
             f"classes must be in 0..{n_classes - 1}; got {classes.min()}..{classes.max()}"
         )
-    reader, score = _score_reader(model, layer or gradcam_layer(model))
+    lower, upper, score = _split_at(model, layer or gradcam_layer(model))
     maps = np.zeros(images.shape[:3], np.float32)
     for start in range(0, len(images), batch_size):
         rows = slice(start, start + batch_size)
-        maps[rows] = _batch_maps(reader, score, images[rows], classes[rows])
+        maps[rows] = _batch_maps(lower, upper, score, images[rows], classes[rows])
     return maps
 
 
-def _score_reader(
+def _split_at(
     model: keras.Model, layer: str
-) -> tuple[keras.Model, Callable[[tf.Tensor], tf.Tensor]]:
-    """(a model giving [the layer's activations, y], a function y -> class scores): y is the
-    head's input and the function the head without its softmax if the model ends in a softmax
-    head (see gradcam_maps), else y is the model's output and the function the identity."""
+) -> tuple[keras.Model, Callable[..., tf.Tensor], Callable[[tf.Tensor], tf.Tensor]]:
+    """(pixels -> the layer's activations, activations -> y, y -> class scores): y is the head's
+    input and the function the head without its softmax if the model ends in a softmax head (see
+    gradcam_maps), else y is the model's output and the function the identity.
+
+    Split in two so that the gradient tape starts at the activations: a tape that watched the
+    pixels would backpropagate through the whole backbone, filter gradients included, for nothing.
+    """
     activations = model.get_layer(layer).output
+    lower = keras.Model(model.input, activations)
     head = model.layers[-1]
     last = head.layers[-1] if isinstance(head, keras.Model) and head.layers else None
     if isinstance(last, keras.layers.Dense) and last.activation is keras.activations.softmax:
@@ -108,20 +113,28 @@ def _score_reader(
                 z = tf.matmul(tf.cast(hidden(x, training=False), last.kernel.dtype), last.kernel)
                 return z if last.bias is None else z + last.bias
 
-            return keras.Model(model.inputs, [activations, features]), logits
-    return keras.Model(model.inputs, [activations, model.output]), tf.identity
+            return lower, _model_from(activations, features), logits
+    return lower, _model_from(activations, model.output), tf.identity
+
+
+def _model_from(inputs: keras.KerasTensor, outputs: keras.KerasTensor) -> Callable[..., tf.Tensor]:
+    """The part of a functional model from `inputs` to `outputs` (the identity if they are one)."""
+    if outputs is inputs:  # a head reading the Grad-CAM layer itself; Keras refuses a no-op model
+        return lambda x, training=False: x
+    return keras.Model(inputs, outputs)
 
 
 def _batch_maps(
-    reader: keras.Model,
+    lower: keras.Model,
+    upper: Callable[..., tf.Tensor],
     score: Callable[[tf.Tensor], tf.Tensor],
     images: np.ndarray,
     classes: np.ndarray,
 ) -> np.ndarray:
-    x = tf.convert_to_tensor(images, tf.float32)
+    activations = lower(tf.convert_to_tensor(images, tf.float32), training=False)
     with tf.GradientTape() as tape:
-        tape.watch(x)  # frozen layers have no trainable variables for the tape to follow
-        activations, y = reader(x, training=False)
+        tape.watch(activations)
+        y = upper(activations, training=False)
         scores = tf.gather(tf.cast(score(y), tf.float32), classes, axis=1, batch_dims=1)
     gradients = tf.cast(tape.gradient(scores, activations), tf.float32)
     weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)

@@ -61,8 +61,8 @@ def out_of_fold_probabilities(
     The `folds` heads train together, one step of all of them per batch: each head's loss is the
     mean cross-entropy over the batch's rows outside its fold, so it sees batches of about
     (folds - 1) / folds * train.batch_size of its own rows. One pass over the data per epoch
-    instead of `folds - 1`, and one TensorFlow call per step instead of `folds`: 8x faster on the
-    demo than fitting the heads one after another (docs/analysis.md), the same math otherwise.
+    instead of `folds - 1`, and one TensorFlow call per step instead of `folds`; otherwise the
+    same math as fitting each head on its own.
     """
     labels = read_rows(onehot, np.arange(len(onehot))).argmax(axis=1)
     fold_of = np.zeros(len(labels), np.int64)

@@ -39,13 +39,16 @@ TRAIN_LIVE_DIR = Path("metrics/train")
 FINETUNE_LIVE_DIR = Path("metrics/finetune")
 TRAIN_COMPUTE_FILE = TRAIN_LIVE_DIR / COMPUTE_NAME
 FINETUNE_COMPUTE_FILE = FINETUNE_LIVE_DIR / COMPUTE_NAME
+# train: DVCLive's summary of the dense head's run (best_epoch: analyze trains its folds that long)
+TRAIN_SUMMARY_FILE = TRAIN_LIVE_DIR / "metrics.json"
 METRICS_FILE = Path("metrics/evaluate.json")
 REPORT_DIR = Path("metrics/report")
 PER_CLASS_FILE = REPORT_DIR / "per_class.json"  # written by report.write_report
 # download (folder datasets): each training row's image file, relative to data.folder
 RAW_FILES_NAME = "files.json"
 # evaluate: the fine-tuned model's test probabilities, which analyze reads instead of recomputing
-TEST_PROBABILITIES_FILE = Path("data/predictions/test.npy")
+PREDICTIONS_DIR = Path("data/predictions")
+TEST_PROBABILITIES_FILE = PREDICTIONS_DIR / "test.npy"
 # analyze: what the model gets wrong and what looks wrong in the data (docs/analysis.md)
 ANALYSIS_DIR = Path("metrics/analysis")
 ANALYSIS_SUMMARY_FILE = ANALYSIS_DIR / "summary.json"

@@ -54,6 +54,9 @@ def model_card(
         f"## Test scores ({split_sizes['test']} images)",
         _metrics_table(metrics),
         "Per class, fine-tuned model:\n\n" + _per_class_table(per_class, class_names),
+        "What it gets wrong, where it looks, and which training labels and test images look "
+        "wrong (duplicates, leaks): [metrics/analysis/README.md](../metrics/analysis/README.md), "
+        "written by the `analyze` stage; `tlpipe issues` lists the suspect labels.",
         "## Input contract",
         _input_contract(params.backbone.name, image_size, len(class_names)),
         "## Files and how to load them",
