@@ -10,7 +10,9 @@ images within and across splits (duplicates.csv), and the headline numbers with 
 `tlpipe issues` prints the commands for a person to run after looking.
 """
 
+import contextlib
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -234,17 +236,28 @@ def balance(truth: dict[str, np.ndarray], class_names: list[str]) -> dict:
     return {"balance": counts, "imbalance_ratio": round(ratio, 4) if np.isfinite(ratio) else None}
 
 
+@contextlib.contextmanager
+def timed(part: str):
+    """Print how long `part` of the stage took: the stage's progress, and where its time goes."""
+    started = time.perf_counter()
+    yield
+    print(f"analyze: {part} in {time.perf_counter() - started:.1f} s", flush=True)
+
+
 def main() -> None:
     params = load_params()
     use_threads(params.thread_count)  # the fold heads' weights depend on it, as train's do
     class_names = load_json(classes_file(PREPARED_DIR))
     truth = {s: load_array(prepared_labels(s), mmap=False).argmax(axis=1) for s in SPLITS}
     origins = Origins.load(SPLITS)
-    confused = study_mistakes(truth["test"], class_names, params, origins)
+    with timed("top losses, confused pairs and Grad-CAM"):
+        confused = study_mistakes(truth["test"], class_names, params, origins)
     # scratch files (the fold targets, the unit-length features) beside the features they copy
     with tempfile.TemporaryDirectory(prefix=".analyze-", dir=FEATURES_DIR) as tmp:
-        issues, issue_rows = study_labels(truth, class_names, params, origins, Path(tmp))
-        duplicates, leaks, leak_rows = study_duplicates(params, origins, Path(tmp))
+        with timed(f"label issues ({params.analyze.folds} fold heads)"):
+            issues, issue_rows = study_labels(truth, class_names, params, origins, Path(tmp))
+        with timed("duplicates and leaks"):
+            duplicates, leaks, leak_rows = study_duplicates(params, origins, Path(tmp))
     summary = {
         "classes": len(class_names),
         "test_images": len(truth["test"]),
