@@ -83,8 +83,11 @@ def out_of_fold_probabilities(
         heads.append(head)
     step = _training_step(heads)
     data = batches(features, open_rows(targets), batch_size=train.batch_size, seed=seed)
+    every = -(-epochs // 5)  # progress in about five lines, the last epoch's always
     for epoch in range(epochs):
         losses = np.mean([step(x, t).numpy() for x, t in data], axis=0)
+        if (epoch + 1) % every and epoch + 1 != epochs:
+            continue
         print(
             f"analyze: epoch {epoch + 1}/{epochs} of {folds} fold heads, mean training loss "
             f"{losses.mean():.4f}",
