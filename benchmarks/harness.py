@@ -176,8 +176,11 @@ def peak_rss_mb() -> float:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a child: this one, the repository importable, progress bars off."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", **extra}
+    """The environment of a child: this one, this interpreter's folder first on PATH (DVC runs
+    the stages' `python3`, which must be the venv's also when it is not activated), the repository
+    importable, progress bars off."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", **extra}
 
 
 def run_child(kind: str, cwd: Path, **kwargs: object) -> dict:
