@@ -10,20 +10,12 @@ probabilities out; the backbone's normalisation is its first layer), with models
 metrics/finetune/ with DVCLive.
 """
 
-import keras
-
 from tlpipe.compute.archives import load_model, save_model
 from tlpipe.compute.precision import choose_precision, computing_in
 from tlpipe.compute.streaming import batches
-from tlpipe.compute.training import (
-    build_augmentation,
-    build_finetune_models,
-    compile_classifier,
-    fit_logged,
-    replica_scope,
-)
+from tlpipe.compute.training import compile_classifier, finetune_model, fit_logged, replica_scope
 from tlpipe.core.arrays import check_same_rows, open_rows
-from tlpipe.core.backbone import boundary_layer
+from tlpipe.core.backbone import boundary_layer, split_at
 from tlpipe.core.cpu import compute_record
 from tlpipe.core.jsonfiles import load_json, save_json
 from tlpipe.core.params import load_params
@@ -51,24 +43,21 @@ def main() -> None:
     with replicas:
         backbone, head = load_model(BACKBONE_FILE), load_model(HEAD_FILE)
         boundary = boundary_layer(backbone, params.finetune.unfreeze_from)
-        trainable, full = build_finetune_models(backbone, head, boundary)
-
+        model, full = finetune_model(
+            backbone, head, boundary, augment=params.finetune.augment, seed=params.seed
+        )
         if params.finetune.augment:
-            augmentation = build_augmentation(params.seed)
-            model = keras.Sequential(
-                [keras.Input(shape=full.input.shape[1:]), augmentation, full], name="augmented"
-            )
             source = prepared_images
             print("finetune: augment is on, so every epoch runs the full model (no boundary cache)")
         else:
-            model, source = trainable, boundary_features
+            source = boundary_features
         inputs = {split: open_rows(source(split)) for split in ("train", "val")}
         labels = {split: open_rows(prepared_labels(split)) for split in ("train", "val")}
         for split in ("train", "val"):
             check_same_rows({inputs[split].path: inputs[split], labels[split].path: labels[split]})
 
         precision = choose_precision(params.finetune.precision, stage="finetune")
-        trained = sum(layer.trainable for layer in trainable.layers[1].layers)
+        trained = sum(layer.trainable for layer in split_at(backbone, boundary)[1].layers)
         print(
             f"finetune: training {trained} backbone layers from {params.finetune.unfreeze_from} "
             f"and the head at lr={params.lr:g} in {precision}"

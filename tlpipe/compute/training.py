@@ -83,6 +83,25 @@ def build_finetune_models(
     return trainable, full
 
 
+def finetune_model(
+    backbone: keras.Model, head: keras.Model, boundary: str, *, augment: bool, seed: int
+) -> tuple[keras.Model, keras.Model]:
+    """(the model fine-tuning fits, the full model it saves), as `build_finetune_models` cuts them.
+
+    Without `augment`, the fitted model is the part above `boundary`, fed the activations cached
+    there (`paths.boundary_features`). With it, the inputs change every epoch, so no cache can
+    serve: the fitted model is seeded augmentation layers before the full model, fed the prepared
+    images (`paths.prepared_images`). The finetune stage and `tlpipe lr-find` both fit this one.
+    """
+    trainable, full = build_finetune_models(backbone, head, boundary)
+    if not augment:
+        return trainable, full
+    augmented = keras.Sequential(
+        [keras.Input(shape=full.input.shape[1:]), build_augmentation(seed), full], name="augmented"
+    )
+    return augmented, full
+
+
 def build_augmentation(seed: int) -> keras.Sequential:
     """Random flips, small shifts, rotations and zoom, each layer seeded."""
     return keras.Sequential(
