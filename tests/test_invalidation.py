@@ -153,6 +153,10 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/outputs/cli.py": (None, frozenset()),
     "tlpipe/outputs/review.py": (None, frozenset()),
     "tlpipe/outputs/issues.py": (None, frozenset()),
+    # `tlpipe lr-find`: a command that reads the pipeline's outputs, no stage's input.
+    "tlpipe/tuning/__init__.py": (None, frozenset()),
+    "tlpipe/tuning/dvcops.py": (None, frozenset()),
+    "tlpipe/tuning/lr_find.py": (None, frozenset()),
     "tlpipe/outputs/dvcrun.py": (
         None,
         frozenset(),

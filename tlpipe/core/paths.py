@@ -60,6 +60,14 @@ LITERT_NAME = "model.tflite"
 ONNX_NAME = "model.onnx"
 LABELS_NAME = "labels.txt"
 MODEL_CARD_FILE = Path("models/MODEL_CARD.md")
+# tlpipe lr-find (no stage: a command's outputs, committed if you like): the sweep's table, picture
+LR_FIND_DIR = Path("metrics/lr_find")
+LR_FIND_TABLE_FILE = LR_FIND_DIR / "lr_find.tsv"
+LR_FIND_PLOT_FILE = LR_FIND_DIR / "lr_find.png"
+LR_FIND_SUMMARY_FILE = LR_FIND_DIR / "lr_find.json"
+# tlpipe tune: the Optuna study (SQLite), so that a second `tlpipe tune` continues it
+TUNE_DIR = Path("tune")
+TUNE_STUDY_FILE = TUNE_DIR / "study.db"
 
 
 def raw_images(split: str, folder: Path = RAW_DIR) -> Path:

@@ -5,6 +5,7 @@ tlpipe predict --top-k 3 --json photo.jpg      the three likeliest classes, as J
 tlpipe summary [--plot model.png]               layers, trainable flags, parameter counts
 tlpipe review main [HEAD]                       metrics of two commits, same configuration
 tlpipe issues [--top N] [--csv]                 labels that look wrong, and how to fix them
+tlpipe lr-find [--start 1e-7 --end 1 --steps 100] a learning rate to fine-tune with
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_summary(commands)
     add_review(commands)
     add_issues(commands)
+    add_lr_find(commands)
     return parser
 
 
@@ -131,6 +133,26 @@ def add_issues(commands: argparse._SubParsersAction) -> None:
     )
     output.add_argument(
         "--csv", action="store_true", help="print CSV (with a `command` column) instead"
+    )
+
+
+def add_lr_find(commands: argparse._SubParsersAction) -> None:
+    lr_find = commands.add_parser(
+        "lr-find",
+        help="sweep the learning rate over fine-tuning steps and suggest one",
+        description="One fine-tuning step per learning rate, from --start to --end in equal "
+        "ratios, with the finetune stage's model, optimizer, batches and precision on the "
+        "activations cached at the freeze boundary (the head is trained first if it is missing "
+        "or stale). Prints two suggestions and the `dvc exp run -S lr=...` to try; writes "
+        "metrics/lr_find/ (lr_find.tsv, lr_find.png, lr_find.json). params.yaml is not changed.",
+    )
+    sweep = lr_find.add_argument_group("sweep")
+    sweep.add_argument(
+        "--start", type=float, default=1e-7, metavar="LR", help="first rate (default 1e-7)"
+    )
+    sweep.add_argument("--end", type=float, default=1.0, metavar="LR", help="last (default 1)")
+    sweep.add_argument(
+        "--steps", type=int, default=100, metavar="N", help="rates tried, one step each (100)"
     )
 
 
@@ -263,9 +285,34 @@ def issues(args: argparse.Namespace) -> int:
     return 0
 
 
+def lr_find(args: argparse.Namespace) -> int:
+    if not 0 < args.start < args.end:
+        raise UserError(
+            f"--start and --end: expected 0 < start < end; got {args.start}, {args.end}"
+        )
+    if args.steps < 10:
+        raise UserError(f"--steps: expected at least 10; got {args.steps}")
+    from tlpipe.core.paths import LR_FIND_DIR
+    from tlpipe.tuning.lr_find import find
+
+    suggested = find(args.start, args.end, args.steps)
+    steepest, low = suggested["steepest"], suggested["minimum_over_10"]
+    print(f"lr-find: steepest descent of the smoothed loss at lr {steepest:.2g}")
+    print(f"lr-find: its minimum's lr / 10: {low:.2g}")
+    print(f"lr-find: curve in {LR_FIND_DIR}/lr_find.png; to fine-tune with the first:")
+    print(f"dvc exp run -S lr={steepest:.2g}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    commands = {"predict": predict, "summary": summary, "review": review, "issues": issues}
+    commands = {
+        "predict": predict,
+        "summary": summary,
+        "review": review,
+        "issues": issues,
+        "lr-find": lr_find,
+    }
     command = commands[args.command]
 
     def run() -> None:
