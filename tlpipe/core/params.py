@@ -230,6 +230,16 @@ class ClusterParams(Section):
     address: Text  # a Ray address (host:port, or auto); read only with engine: ray
 
 
+class TuneParams(Section):
+    """`tlpipe tune`'s defaults (its command-line flags override them); read by no stage."""
+
+    space: list[Text]  # KEY=KIND:ARGS ranges, checked by tlpipe/tuning/space.py when tune runs
+    trials: Count  # trials per `tlpipe tune` (a second run continues the study)
+    startup_trials: Count  # random trials before Optuna's TPE sampler models the results
+    metric: Text  # a key of the metrics files (finetuned.accuracy), or FILE:KEY
+    direction: Literal["maximize", "minimize"]
+
+
 class Params(Section):
     seed: Seed
     lr: LearningRate
@@ -243,6 +253,7 @@ class Params(Section):
     evaluate: EvaluateParams
     analyze: AnalyzeParams
     cluster: ClusterParams
+    tune: TuneParams
 
     @property
     def thread_count(self) -> int | None:
