@@ -8,21 +8,18 @@ then sees the stage as not run. The rerun must produce exactly what an uninterru
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import signal
-import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import psutil  # installed with dvc
 import pytest
 import yaml
 
+from tests.background import Running, wait_for
 from tests.helpers import (
     ALWAYS_RUN,
     OFFLINE,
@@ -30,7 +27,6 @@ from tests.helpers import (
     TINY,
     UP_TO_DATE,
     VENV_BIN,
-    command_env,
     commit_all,
     copy_project,
     run,
@@ -62,79 +58,6 @@ def tiny_offline_project(root: Path) -> Path:
     copy_project(root)
     overrides_into_params(root, OFFLINE + TINY)
     return root
-
-
-class Running:
-    """A command started in the background whose merged output is collected as it comes."""
-
-    def __init__(self, command: list[str], cwd: Path):
-        self.process = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env={**command_env(), "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def stage_process(self, stage: str) -> psutil.Process | None:
-        """The running `python -m stages.<stage>` started by this command, if any."""
-        try:
-            children = psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return None
-        for child in children:
-            try:
-                if child.cmdline()[-2:] == ["-m", f"stages.{stage}"]:
-                    return child
-            except psutil.NoSuchProcess:
-                continue
-        return None
-
-    def wait(self, timeout: float = 600) -> int:
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=10)
-        return code
-
-    def __enter__(self) -> Running:
-        return self
-
-    def __exit__(self, *exception) -> None:
-        """If still running (a failed test), kill the command and every process it started."""
-        if self.process.poll() is None:
-            try:
-                tree = psutil.Process(self.process.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                tree = []
-            for process in tree:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    process.kill()
-            self.process.kill()
-            self.wait()
-
-
-def wait_for(
-    condition: Callable[[], object], running: Running, what: str, *, timeout: float = 300
-) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        assert running.process.poll() is None, f"finished before {what}:\n{running.output[-3000:]}"
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}:\n{running.output[-3000:]}")
 
 
 def temporaries(root: Path) -> list[Path]:

@@ -84,6 +84,12 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "analyze.folds": (3, frozenset({"analyze"})),
     "analyze.duplicate_threshold": (0.95, frozenset({"analyze"})),
     "analyze.batch_size": (64, frozenset({"analyze"})),
+    # tlpipe tune's defaults: no stage reads them
+    "tune.space": (["lr=uniform:1e-5,1e-4"], frozenset()),
+    "tune.trials": (3, frozenset()),
+    "tune.startup_trials": (5, frozenset()),
+    "tune.metric": ("finetuned.loss", frozenset()),
+    "tune.direction": ("minimize", frozenset()),
     "stages/check.py": (None, frozenset({"check"})),
     "stages/download.py": (None, frozenset({"download"})),
     "stages/prepare.py": (None, frozenset({"prepare"})),
@@ -153,10 +159,11 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/outputs/cli.py": (None, frozenset()),
     "tlpipe/outputs/review.py": (None, frozenset()),
     "tlpipe/outputs/issues.py": (None, frozenset()),
-    # `tlpipe lr-find`: a command that reads the pipeline's outputs, no stage's input.
-    "tlpipe/tuning/__init__.py": (None, frozenset()),
-    "tlpipe/tuning/dvcops.py": (None, frozenset()),
-    "tlpipe/tuning/lr_find.py": (None, frozenset()),
+    # `tlpipe lr-find` and `tlpipe tune`: commands over the pipeline, no stage's input.
+    **{
+        f"tlpipe/tuning/{name}.py": (None, frozenset())
+        for name in ("__init__", "commands", "dvcops", "lr_find", "search", "space")
+    },
     "tlpipe/outputs/dvcrun.py": (
         None,
         frozenset(),

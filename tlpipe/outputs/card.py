@@ -14,9 +14,10 @@ from tlpipe.core.backbone import BACKBONES
 from tlpipe.core.params import Params
 from tlpipe.core.paths import EXPORT_DIR, LABELS_NAME, LITERT_NAME, ONNX_NAME, SAVED_MODEL_NAME
 
-# The params.yaml sections that shape the model: all but evaluate's batch size and the cluster
-# engine (which computes the same bytes either way).
-MODEL_PARAMS = tuple(key for key in Params.model_fields if key not in ("evaluate", "cluster"))
+# The params.yaml sections that shape the model (the ones export declares): not evaluate's batch
+# size, the cluster engine (same bytes either way), analyze (after the model) or tune (no stage).
+NOT_MODEL_PARAMS = ("evaluate", "cluster", "analyze", "tune")
+MODEL_PARAMS = tuple(key for key in Params.model_fields if key not in NOT_MODEL_PARAMS)
 
 
 def model_card(

@@ -6,6 +6,7 @@ tlpipe summary [--plot model.png]               layers, trainable flags, paramet
 tlpipe review main [HEAD]                       metrics of two commits, same configuration
 tlpipe issues [--top N] [--csv]                 labels that look wrong, and how to fix them
 tlpipe lr-find [--start 1e-7 --end 1 --steps 100] a learning rate to fine-tune with
+tlpipe tune [--trials 6 --param 'lr=log-uniform:1e-5,1e-3'] an Optuna search of DVC experiments
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tlpipe.compute.archives import load_model, load_model_info
 from tlpipe.core.paths import MODEL_FILE
 from tlpipe.core.runtime import UserError, first_line, run_stage
 from tlpipe.data.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, read_image
+from tlpipe.tuning.commands import add_lr_find, add_tune, lr_find, tune
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_review(commands)
     add_issues(commands)
     add_lr_find(commands)
+    add_tune(commands)
     return parser
 
 
@@ -133,26 +136,6 @@ def add_issues(commands: argparse._SubParsersAction) -> None:
     )
     output.add_argument(
         "--csv", action="store_true", help="print CSV (with a `command` column) instead"
-    )
-
-
-def add_lr_find(commands: argparse._SubParsersAction) -> None:
-    lr_find = commands.add_parser(
-        "lr-find",
-        help="sweep the learning rate over fine-tuning steps and suggest one",
-        description="One fine-tuning step per learning rate, from --start to --end in equal "
-        "ratios, with the finetune stage's model, optimizer, batches and precision on the "
-        "activations cached at the freeze boundary (the head is trained first if it is missing "
-        "or stale). Prints two suggestions and the `dvc exp run -S lr=...` to try; writes "
-        "metrics/lr_find/ (lr_find.tsv, lr_find.png, lr_find.json). params.yaml is not changed.",
-    )
-    sweep = lr_find.add_argument_group("sweep")
-    sweep.add_argument(
-        "--start", type=float, default=1e-7, metavar="LR", help="first rate (default 1e-7)"
-    )
-    sweep.add_argument("--end", type=float, default=1.0, metavar="LR", help="last (default 1)")
-    sweep.add_argument(
-        "--steps", type=int, default=100, metavar="N", help="rates tried, one step each (100)"
     )
 
 
@@ -285,25 +268,6 @@ def issues(args: argparse.Namespace) -> int:
     return 0
 
 
-def lr_find(args: argparse.Namespace) -> int:
-    if not 0 < args.start < args.end:
-        raise UserError(
-            f"--start and --end: expected 0 < start < end; got {args.start}, {args.end}"
-        )
-    if args.steps < 10:
-        raise UserError(f"--steps: expected at least 10; got {args.steps}")
-    from tlpipe.core.paths import LR_FIND_DIR
-    from tlpipe.tuning.lr_find import find
-
-    suggested = find(args.start, args.end, args.steps)
-    steepest, low = suggested["steepest"], suggested["minimum_over_10"]
-    print(f"lr-find: steepest descent of the smoothed loss at lr {steepest:.2g}")
-    print(f"lr-find: its minimum's lr / 10: {low:.2g}")
-    print(f"lr-find: curve in {LR_FIND_DIR}/lr_find.png; to fine-tune with the first:")
-    print(f"dvc exp run -S lr={steepest:.2g}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     commands = {
@@ -312,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         "review": review,
         "issues": issues,
         "lr-find": lr_find,
+        "tune": tune,
     }
     command = commands[args.command]
 
@@ -320,7 +285,11 @@ def main(argv: list[str] | None = None) -> None:
         if code:
             sys.exit(code)
 
-    run_stage(run, interrupted="interrupted")
+    interrupted = {
+        "tune": "interrupted: every finished trial is in tune/study.db; `tlpipe tune` continues "
+        "the study (the trial that was running is marked failed)"
+    }
+    run_stage(run, interrupted=interrupted.get(args.command, "interrupted"))
 
 
 if __name__ == "__main__":
