@@ -77,10 +77,7 @@ def add_tune(commands: argparse._SubParsersAction) -> None:
 
 def tune(args: argparse.Namespace) -> int:
     """Check the ranges, the trial count and the metric, then search."""
-    import yaml
-
     from tlpipe.core.params import load_params
-    from tlpipe.core.paths import PARAMS_FILE
     from tlpipe.tuning.dvcops import read_metric
     from tlpipe.tuning.search import Search
     from tlpipe.tuning.search import tune as run_search
@@ -89,7 +86,7 @@ def tune(args: argparse.Namespace) -> int:
     params = load_params()
     settings = params.tune
     space = [parse_range(text) for text in (args.param or settings.space)]
-    check_space(space, yaml.safe_load(PARAMS_FILE.read_text()))
+    check_space(space, params.model_dump(mode="json"))  # the file as read, validated
     trials = settings.trials if args.trials is None else args.trials
     if trials < 1:
         raise UserError(f"--trials: expected at least 1; got {trials}")

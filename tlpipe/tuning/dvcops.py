@@ -3,7 +3,6 @@ a child process with this environment's `python3` first on PATH (the stages' com
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,17 +25,13 @@ def stale_stages(target: str) -> list[str]:
     return [name.rsplit(":", 1)[-1] for name in changed if name not in ALWAYS_RUN]
 
 
-def child_env() -> dict[str, str]:
-    """This environment with this interpreter's folder first on PATH."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "PATH": path}
-
-
 def run_dvc(args: list[str], *, capture: bool = False) -> subprocess.CompletedProcess:
     """`dvc ARGS` (through tlpipe.outputs.dvcrun), its output shown as it comes unless `capture`;
     a failure is one UserError naming the command."""
+    from tlpipe.outputs.review import dvc_env
+
     command = [sys.executable, "-m", "tlpipe.outputs.dvcrun", *args]
-    done = subprocess.run(command, env=child_env(), capture_output=capture, text=True)
+    done = subprocess.run(command, env=dvc_env(), capture_output=capture, text=True)
     if done.returncode:
         tail = (done.stderr or "").strip().splitlines()[-1:] if capture else []
         raise UserError(f"`dvc {' '.join(args)}` failed{': ' + tail[0] if tail else ''}")

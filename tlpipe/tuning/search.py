@@ -61,10 +61,10 @@ def open_study(search: Search):
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)  # its process was killed mid-trial
         print(f"tune: trial {trial.number} never finished (interrupted): marked failed")
-    sampler = optuna.samplers.TPESampler(
+    study.sampler = optuna.samplers.TPESampler(
         seed=search.seed + len(study.trials), n_startup_trials=search.startup_trials
     )
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
+    return study
 
 
 def run_trials(study, search: Search) -> None:

@@ -10,6 +10,7 @@ they are, so that no trial can fail on a value the search chose.
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,7 +111,7 @@ def check_space(space: list[Range], raw_params: dict) -> None:
 
 def with_value(raw_params: dict, dotted: str, value: Any) -> dict:
     """A copy of the params mapping with `dotted` set to `value`, as `dvc exp run -S` sets it."""
-    copy = yaml.safe_load(yaml.safe_dump(raw_params))
+    copy = deepcopy(raw_params)
     *sections, leaf = dotted.split(".")
     node = copy
     for section in sections:
