@@ -23,7 +23,15 @@ from tests.project import commit_all, write_params
 from tlpipe.core.paths import TUNE_STUDY_FILE as STUDY
 from tlpipe.core.runtime import UserError
 from tlpipe.tuning.dvcops import read_metric
-from tlpipe.tuning.lr_find import Sweep, diverged, smooth, suggestions, sweep_rates
+from tlpipe.tuning.lr_find import (
+    WEAK_FALL,
+    Sweep,
+    diverged,
+    loss_fall,
+    smooth,
+    suggestions,
+    sweep_rates,
+)
 from tlpipe.tuning.search import Search, open_study, trials_table
 from tlpipe.tuning.space import Range, check_space, parse_range, set_flags, tunable_keys
 
@@ -56,6 +64,16 @@ def test_suggestions_find_the_steepest_fall_and_the_minimum():
     suggested = suggestions(Sweep(rates, curve, curve))
     assert suggested["steepest"] == pytest.approx(1e-3, rel=0.3)
     assert suggested["minimum_over_10"] == pytest.approx(1e-2, rel=0.3)
+    assert loss_fall(Sweep(rates, curve, curve)) == pytest.approx(0.75, abs=0.02)
+
+
+def test_a_loss_that_only_wobbles_or_rises_is_a_weak_fall():
+    """The demo's shape: a trained head, the loss flat within noise, then rising with the rate."""
+    rates = sweep_rates(1e-7, 1.0, 60)
+    wobble = 1.17 + 0.01 * np.sin(np.arange(60)) + np.where(rates > 1e-5, np.log10(rates) + 5, 0)
+    assert loss_fall(Sweep(rates, wobble, wobble)) < WEAK_FALL
+    rising = np.linspace(1.0, 3.0, 60)
+    assert loss_fall(Sweep(rates, rising, rising)) == 0.0
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import numpy as np
 SMOOTHING = 0.98  # weight of the running mean: about the last 50 steps
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum so far
 SKIP_START = 5  # the first steps' smoothed loss rests on a handful of batches: not a slope to trust
+WEAK_FALL = 0.05  # a smoothed loss falling less than this fraction is batch noise, not learning
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,16 @@ def suggestions(sweep: Sweep) -> dict[str, float]:
         "steepest": float(steepest),
         "minimum_over_10": float(rates[int(np.argmin(smoothed))] / 10),
     }
+
+
+def loss_fall(sweep: Sweep) -> float:
+    """How far the smoothed loss falls from its value after `SKIP_START` steps to its lowest
+    later value, as a fraction of the former (0 when it never falls below it)."""
+    finite = sweep.smoothed[np.isfinite(sweep.smoothed)]
+    if len(finite) <= SKIP_START:
+        return 0.0
+    start = finite[SKIP_START]
+    return float(max(0.0, (start - finite[SKIP_START:].min()) / start))
 
 
 def run_sweep(model, dataset, rates: np.ndarray, *, progress=print) -> Sweep:
@@ -171,7 +182,17 @@ def find(start: float, end: float, steps: int) -> dict[str, float]:
         dataset = batches(x, y, batch_size=params.finetune.batch_size, seed=params.seed)
         sweep = run_sweep(model, dataset, sweep_rates(start, end, steps))
     suggested = suggestions(sweep)
+    fall = loss_fall(sweep)
+    if fall < WEAK_FALL:
+        print(
+            f"lr-find: warning: the smoothed loss fell only {fall:.0%} at any rate (less than "
+            f"{WEAK_FALL:.0%}), so both suggestions are batch noise; the head may already be "
+            "where these layers can take it in a few steps: search lr over whole runs with "
+            "`tlpipe tune` instead"
+        )
     write_tsv(sweep, paths.LR_FIND_TABLE_FILE)
     plot_sweep(sweep, suggested, paths.LR_FIND_PLOT_FILE)
-    save_json(paths.LR_FIND_SUMMARY_FILE, {"steps_run": len(sweep.rates), **suggested})
+    save_json(
+        paths.LR_FIND_SUMMARY_FILE, {"steps_run": len(sweep.rates), "loss_fall": fall, **suggested}
+    )
     return suggested
