@@ -35,12 +35,19 @@ def lr_find(args: argparse.Namespace) -> int:
     if args.steps < 10:
         raise UserError(f"--steps: expected at least 10; got {args.steps}")
     from tlpipe.core.paths import LR_FIND_DIR
-    from tlpipe.tuning.lr_find import find
+    from tlpipe.tuning.lr_find import WEAK_FALL, find
 
-    suggested = find(args.start, args.end, args.steps)
-    steepest, low = suggested["steepest"], suggested["minimum_over_10"]
+    summary = find(args.start, args.end, args.steps)
+    steepest, low, fall = summary["steepest"], summary["minimum_over_10"], summary["loss_fall"]
     print(f"lr-find: steepest descent of the smoothed loss at lr {steepest:.2g}")
     print(f"lr-find: its minimum's lr / 10: {low:.2g}")
+    if fall < WEAK_FALL:
+        print(
+            f"lr-find: warning: the smoothed loss fell only {fall:.0%} at any rate (less than "
+            f"{WEAK_FALL:.0%}), so both suggestions are batch noise; the head may already be "
+            "where these layers can take it in a few steps: search lr over whole runs with "
+            "`tlpipe tune` instead"
+        )
     print(f"lr-find: curve in {LR_FIND_DIR}/lr_find.png; to fine-tune with the first:")
     print(f"dvc exp run -S lr={steepest:.2g}")
     return 0

@@ -149,7 +149,8 @@ def head_ready() -> None:
 
 
 def find(start: float, end: float, steps: int) -> dict[str, float]:
-    """Sweep, write metrics/lr_find/ (table, picture, suggestions) and return the suggestions."""
+    """Sweep, write metrics/lr_find/ (table, picture, summary) and return the summary: what
+    lr_find.json holds (`steps_run`, `loss_fall`, `steepest`, `minimum_over_10`)."""
     from tlpipe.compute.archives import load_model
     from tlpipe.compute.precision import choose_precision, computing_in
     from tlpipe.compute.streaming import batches
@@ -182,17 +183,8 @@ def find(start: float, end: float, steps: int) -> dict[str, float]:
         dataset = batches(x, y, batch_size=params.finetune.batch_size, seed=params.seed)
         sweep = run_sweep(model, dataset, sweep_rates(start, end, steps))
     suggested = suggestions(sweep)
-    fall = loss_fall(sweep)
-    if fall < WEAK_FALL:
-        print(
-            f"lr-find: warning: the smoothed loss fell only {fall:.0%} at any rate (less than "
-            f"{WEAK_FALL:.0%}), so both suggestions are batch noise; the head may already be "
-            "where these layers can take it in a few steps: search lr over whole runs with "
-            "`tlpipe tune` instead"
-        )
     write_tsv(sweep, paths.LR_FIND_TABLE_FILE)
     plot_sweep(sweep, suggested, paths.LR_FIND_PLOT_FILE)
-    save_json(
-        paths.LR_FIND_SUMMARY_FILE, {"steps_run": len(sweep.rates), "loss_fall": fall, **suggested}
-    )
-    return suggested
+    summary = {"steps_run": len(sweep.rates), "loss_fall": loss_fall(sweep), **suggested}
+    save_json(paths.LR_FIND_SUMMARY_FILE, summary)
+    return summary
