@@ -3,13 +3,16 @@
 Writes metrics/evaluate.json (the numbers `dvc metrics diff` compares) and, under
 metrics/report/: per-class precision/recall/F1/support (per_class.json and per_class.md),
 confusion.csv (rendered by `dvc plots show` with the confusion template), confusion.png, and
-samples.png (test images with predicted and true labels, misclassified first). The fine-tuned
-model's test probabilities go to data/predictions/test.npy, for `analyze`.
+samples.png (test images with predicted and true labels, misclassified first), and the
+reliability diagram (reliability.csv and .png) of the fine-tuned model before and after its
+temperature, whose expected calibration errors are `finetuned.ece_uncalibrated` and
+`finetuned.ece`. The fine-tuned model's test probabilities go to data/predictions/test.npy, for
+`analyze`.
 """
 
 import numpy as np
 
-from tlpipe.compute.archives import load_model
+from tlpipe.compute.archives import load_model, load_model_info
 from tlpipe.compute.streaming import batches
 from tlpipe.core.arrays import check_same_rows, load_array, open_rows, save_array
 from tlpipe.core.jsonfiles import load_json, save_json
@@ -18,6 +21,7 @@ from tlpipe.core.paths import (
     HEAD_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    MODEL_INFO_FILE,
     PREPARED_DIR,
     REPORT_DIR,
     TEST_PROBABILITIES_FILE,
@@ -29,6 +33,8 @@ from tlpipe.core.paths import (
     raw_images,
 )
 from tlpipe.core.runtime import run_stage
+from tlpipe.core.temperature import apply_temperature
+from tlpipe.outputs.calibration import expected_calibration_error, write_reliability
 from tlpipe.outputs.report import scores, write_report
 
 
@@ -37,6 +43,23 @@ def raw_test_images(rows: np.ndarray) -> np.ndarray:
     source = raw_images("test") if raw_images("test").exists() else raw_images("train")
     raw_rows = load_array(prepared_index("test"), mmap=False)[rows]
     return np.asarray(load_array(source)[raw_rows])
+
+
+def calibration_scores(
+    truth: np.ndarray, probabilities: np.ndarray, temperature: float | None
+) -> dict[str, float]:
+    """{temperature, ece, ece_uncalibrated} of the test `probabilities` of a model ending in
+    `temperature` (None: no temperature), and reliability.csv/.png under the report folder."""
+    curves = {"fine-tuned": probabilities}
+    if temperature is not None:  # the trained model's own probabilities, the temperature undone
+        curves = {"uncalibrated": apply_temperature(probabilities, 1 / temperature), **curves}
+    write_reliability(REPORT_DIR, truth, curves, temperature=temperature or 1.0)
+    ece = {label: expected_calibration_error(truth, p) for label, p in curves.items()}
+    return {
+        "temperature": temperature or 1.0,
+        "ece": ece["fine-tuned"],
+        "ece_uncalibrated": ece.get("uncalibrated", ece["fine-tuned"]),
+    }
 
 
 def main() -> None:
@@ -50,6 +73,8 @@ def main() -> None:
     head_probabilities = head_model.predict(batches(features, batch_size=batch_size), verbose=0)
     model_probabilities = full_model.predict(batches(images, batch_size=batch_size), verbose=0)
     head, finetuned = scores(y_test, head_probabilities), scores(y_test, model_probabilities)
+    temperature = load_model_info(MODEL_INFO_FILE).get("temperature")
+    finetuned |= calibration_scores(y_test.argmax(axis=1), model_probabilities, temperature)
     save_array(TEST_PROBABILITIES_FILE, model_probabilities.astype(np.float32))
     save_json(
         METRICS_FILE,
@@ -66,6 +91,14 @@ def main() -> None:
         f"evaluate: test accuracy head {head['accuracy']:.4f}, fine-tuned "
         f"{finetuned['accuracy']:.4f} (macro F1 {finetuned['macro_f1']:.4f}) "
         f"on {len(y_test)} images"
+    )
+    print(
+        f"evaluate: expected calibration error {finetuned['ece']:.4f}"
+        + (
+            f" at temperature {temperature:g} ({finetuned['ece_uncalibrated']:.4f} without it)"
+            if temperature is not None
+            else " (not calibrated: finetune.calibrate is none)"
+        )
     )
 
 

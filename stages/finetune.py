@@ -6,9 +6,13 @@ head. With `finetune.augment` the inputs change every epoch, so the cache cannot
 epoch runs the full model on augmented images. Inputs stream from disk in seeded shuffled
 batches. Writes the full model, models/model.keras (uint8-valued RGB pixels in, class
 probabilities out; the backbone's normalisation is its first layer), with models/model.json
-(backbone, input size, class names) for `tlpipe predict`, and per-epoch curves to
-metrics/finetune/ with DVCLive.
+(backbone, input size, class names, temperature) for `tlpipe predict`, and per-epoch curves to
+metrics/finetune/ with DVCLive. With `finetune.calibrate: temperature` the saved model ends in a
+temperature fitted on the validation split (tlpipe/core/temperature.py): its probabilities are
+calibrated, its argmax is the trained model's.
 """
+
+import numpy as np
 
 from tlpipe.compute.archives import load_model, save_model
 from tlpipe.compute.precision import choose_precision, computing_in
@@ -33,6 +37,26 @@ from tlpipe.core.paths import (
     prepared_labels,
 )
 from tlpipe.core.runtime import run_stage, seed_everything, use_threads
+from tlpipe.core.temperature import (
+    apply_temperature,
+    fit_temperature,
+    negative_log_likelihood,
+    with_temperature,
+)
+
+
+def fitted_temperature(model, inputs, labels, *, batch_size: int) -> float:
+    """The temperature minimising the validation NLL of `model` (fed `inputs`), said in a line."""
+    probabilities = model.predict(batches(inputs, batch_size=batch_size), verbose=0)
+    truth = np.asarray(labels).argmax(axis=1)
+    temperature = fit_temperature(probabilities, truth)
+    before = negative_log_likelihood(probabilities, truth)
+    after = negative_log_likelihood(apply_temperature(probabilities, temperature), truth)
+    print(
+        f"finetune: temperature {temperature:g} fitted on {len(truth)} validation images "
+        f"(validation loss {before:.4f} -> {after:.4f})"
+    )
+    return temperature
 
 
 def main() -> None:
@@ -74,12 +98,17 @@ def main() -> None:
                 live_dir=FINETUNE_LIVE_DIR,
             )
 
+    temperature = None
+    if params.finetune.calibrate == "temperature":
+        temperature = fitted_temperature(model, inputs["val"], labels["val"], batch_size=batch_size)
+        full = with_temperature(full, temperature)
     full.compile(loss="categorical_crossentropy", metrics=["accuracy"])
     save_model(full, MODEL_FILE)
     model_info = {
         "backbone": params.backbone.name,
         "image_size": int(full.input.shape[1]),
         "classes": load_json(classes_file(PREPARED_DIR)),
+        "temperature": temperature,  # null: not calibrated (finetune.calibrate: none)
     }
     save_json(MODEL_INFO_FILE, model_info)
     save_json(FINETUNE_COMPUTE_FILE, compute_record(threads=threads, precision=precision))

@@ -201,3 +201,15 @@ def test_image_grid_takes_grey_images_and_none(tmp_path):
         assert picture.format == "PNG" and picture.size[0] > 300
     with Image.open(tmp_path / "none.png") as picture:
         assert picture.format == "PNG" and 100 < picture.size[0] <= 400
+
+
+def test_a_calibrated_models_temperature_leaves_the_maps_as_they_are():
+    """The saturated case: through the temperature the score would be a probability at 1.0."""
+    from tlpipe.core.temperature import with_temperature
+
+    model, images = masked_model(scale=1000.0), bright_noise(2)
+    calibrated = with_temperature(model, 2.5)
+    np.testing.assert_array_equal(
+        gradcam_maps(calibrated, images, np.zeros(2, int)),
+        gradcam_maps(model, images, np.zeros(2, int)),
+    )

@@ -78,6 +78,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "finetune.augment": (True, frozenset({"finetune", "export"})),
     "finetune.precision": ("bfloat16", frozenset({"finetune", "export"})),
     "finetune.replicas": (2, frozenset({"finetune", "export"})),
+    "finetune.calibrate": ("none", frozenset({"finetune", "export"})),
     "evaluate.batch_size": (64, frozenset({"evaluate"})),
     "analyze.top_losses": (12, frozenset({"analyze"})),
     "analyze.gradcam_per_class": (3, frozenset({"analyze"})),
@@ -101,7 +102,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "stages/export.py": (None, frozenset({"export"})),
     # tlpipe/core: what every stage imports (dvc.yaml declares the folder once per stage). params.py
     # reads the backbone table and layers.py (where each can be cut); normalization.py is the
-    # models' first layer; runtime.py holds the
+    # models' first layer and temperature.py the last of a calibrated one; runtime.py holds the
     # threads and imports cpu.py, which also turns oneDNN on before TensorFlow loads.
     **{
         f"tlpipe/core/{name}.py": (None, STAGES)
@@ -112,6 +113,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
             "cpu",
             "backbone",
             "normalization",
+            "temperature",
             "layers",
             "validation",
             "files",
@@ -152,6 +154,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/compute/training.py": (None, frozenset({"train", "finetune", "analyze"})),
     "tlpipe/compute/archives.py": (None, STAGES - {"check", "download", "prepare"}),  # .keras files
     "tlpipe/outputs/report.py": (None, frozenset({"evaluate", "analyze"})),
+    "tlpipe/outputs/calibration.py": (None, frozenset({"evaluate"})),
     "tlpipe/outputs/export.py": (None, frozenset({"export"})),
     "tlpipe/outputs/card.py": (None, frozenset({"export"})),
     # The `tlpipe` command (predict, summary, review): no stage imports it, it reads the

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tlpipe.core.temperature import without_temperature
+
 _POOLING = (
     keras.layers.MaxPooling2D,
     keras.layers.AveragePooling2D,
@@ -66,7 +68,9 @@ def gradcam_maps(
     head whose last layer is a softmax Dense: that layer is applied here without its softmax.
     In float32 a confident softmax saturates at exactly 1.0, and the probability's gradient with
     respect to its own logit is then exactly 0: the map would show only the evidence against the
-    other classes. Other models are scored by their output (the softmax probability).
+    other classes. Other models are scored by their output (the softmax probability). A calibrated
+    model's final temperature is left out: it divides the logit by a constant, which scales every
+    map alike and leaves it the same once scaled to [0, 1].
 
     Images go through in batches of `batch_size`, in inference mode (BatchNorm statistics fixed,
     Dropout off), so memory does not grow with N and an image's map does not depend on the others.
@@ -81,6 +85,7 @@ def gradcam_maps(
         raise ValueError(
             f"classes must be in 0..{n_classes - 1}; got {classes.min()}..{classes.max()}"
         )
+    model = without_temperature(model)
     lower, upper, score = _split_at(model, layer or gradcam_layer(model))
     maps = np.zeros(images.shape[:3], np.float32)
     for start in range(0, len(images), batch_size):

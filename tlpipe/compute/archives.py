@@ -92,7 +92,8 @@ def load_model(path: Path) -> Any:
     _check_keras_archive(path)  # before TensorFlow loads: a refusal takes a second, not ten
     import keras
 
-    import tlpipe.core.normalization  # noqa: F401  registers the layer every pipeline model starts with
+    # Register the layer every pipeline model starts with and the one a calibrated model ends with.
+    from tlpipe.core import normalization, temperature  # noqa: F401
 
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)

@@ -204,6 +204,7 @@ class FinetuneParams(Section):
     augment: Boolean
     precision: Precision  # what the fine-tuned layers compute in
     replicas: Count  # devices of this machine to train on (tf.distribute.MirroredStrategy)
+    calibrate: Literal["temperature", "none"]  # a temperature fitted on val ends the saved model
 
 
 class EvaluateParams(Section):

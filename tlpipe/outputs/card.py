@@ -141,13 +141,27 @@ def _computed_on(computed_on: dict[str, dict]) -> str:
 
 
 def _metrics_table(metrics: dict) -> str:
-    keys = ("accuracy", "loss", "macro_precision", "macro_recall", "macro_f1")
+    keys = ("accuracy", "loss", "macro_precision", "macro_recall", "macro_f1", "ece")
     rows = [
         [label, *(f"{metrics[part][key]:.4f}" if key in metrics[part] else "" for key in keys)]
         for label, part in (("dense head alone", "head"), ("fine-tuned", "finetuned"))
     ]
-    header = ["model", "accuracy", "loss", "macro precision", "macro recall", "macro F1"]
-    return _table(header, rows)
+    header = ["model", "accuracy", "loss", "macro precision", "macro recall", "macro F1", "ECE"]
+    return _table(header, rows) + _calibration_note(metrics["finetuned"])
+
+
+def _calibration_note(finetuned: dict) -> str:
+    """What the ECE column means for this model, and its temperature."""
+    if "ece" not in finetuned:
+        return ""
+    note = "\n\nECE: expected calibration error of the top probability (15 bins; 0 is calibrated)."
+    if finetuned.get("temperature", 1.0) == 1.0:
+        return note + " The probabilities are not calibrated (`finetune.calibrate: none`)."
+    return note + (
+        f" The model ends in temperature {finetuned['temperature']:g}, fitted on the validation "
+        "split, in every export too; without it the test ECE is "
+        f"{finetuned['ece_uncalibrated']:.4f}."
+    )
 
 
 def _per_class_table(per_class: dict, class_names: list[str]) -> str:
