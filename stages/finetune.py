@@ -12,13 +12,14 @@ temperature fitted on the validation split (tlpipe/core/temperature.py): its pro
 calibrated, its argmax is the trained model's.
 """
 
+import keras
 import numpy as np
 
 from tlpipe.compute.archives import load_model, save_model
 from tlpipe.compute.precision import choose_precision, computing_in
 from tlpipe.compute.streaming import batches
 from tlpipe.compute.training import compile_classifier, finetune_model, fit_logged, replica_scope
-from tlpipe.core.arrays import check_same_rows, open_rows
+from tlpipe.core.arrays import RowFile, check_same_rows, load_array, open_rows
 from tlpipe.core.backbone import boundary_layer, split_at
 from tlpipe.core.cpu import compute_record
 from tlpipe.core.jsonfiles import load_json, save_json
@@ -45,10 +46,13 @@ from tlpipe.core.temperature import (
 )
 
 
-def fitted_temperature(model, inputs, labels, *, batch_size: int) -> float:
-    """The temperature minimising the validation NLL of `model` (fed `inputs`), said in a line."""
+def fitted_temperature(
+    model: keras.Model, inputs: RowFile, labels: np.ndarray, *, batch_size: int
+) -> float:
+    """The temperature minimising the NLL of `model` fed `inputs` for one-hot `labels` (the
+    validation split), said in a line."""
     probabilities = model.predict(batches(inputs, batch_size=batch_size), verbose=0)
-    truth = np.asarray(labels).argmax(axis=1)
+    truth = labels.argmax(axis=1)
     temperature = fit_temperature(probabilities, truth)
     before = negative_log_likelihood(probabilities, truth)
     after = negative_log_likelihood(apply_temperature(probabilities, temperature), truth)
@@ -100,7 +104,8 @@ def main() -> None:
 
     temperature = None
     if params.finetune.calibrate == "temperature":
-        temperature = fitted_temperature(model, inputs["val"], labels["val"], batch_size=batch_size)
+        val_labels = load_array(prepared_labels("val"), mmap=False)
+        temperature = fitted_temperature(model, inputs["val"], val_labels, batch_size=batch_size)
         full = with_temperature(full, temperature)
     full.compile(loss="categorical_crossentropy", metrics=["accuracy"])
     save_model(full, MODEL_FILE)
