@@ -14,6 +14,7 @@ import numpy as np
 
 from tlpipe.compute.archives import load_model, load_model_info
 from tlpipe.compute.streaming import batches
+from tlpipe.compute.temperature import apply_temperature
 from tlpipe.core.arrays import check_same_rows, load_array, open_rows, save_array
 from tlpipe.core.jsonfiles import load_json, save_json
 from tlpipe.core.params import load_params
@@ -33,7 +34,6 @@ from tlpipe.core.paths import (
     raw_images,
 )
 from tlpipe.core.runtime import run_stage
-from tlpipe.core.temperature import apply_temperature
 from tlpipe.outputs.calibration import expected_calibration_error, write_reliability
 from tlpipe.outputs.report import scores, write_report
 

@@ -8,7 +8,7 @@ batches. Writes the full model, models/model.keras (uint8-valued RGB pixels in, 
 probabilities out; the backbone's normalisation is its first layer), with models/model.json
 (backbone, input size, class names, temperature) for `tlpipe predict`, and per-epoch curves to
 metrics/finetune/ with DVCLive. With `finetune.calibrate: temperature` the saved model ends in a
-temperature fitted on the validation split (tlpipe/core/temperature.py): its probabilities are
+temperature fitted on the validation split (tlpipe/compute/temperature.py): its probabilities are
 calibrated, its argmax is the trained model's.
 """
 
@@ -18,6 +18,12 @@ import numpy as np
 from tlpipe.compute.archives import load_model, save_model
 from tlpipe.compute.precision import choose_precision, computing_in
 from tlpipe.compute.streaming import batches
+from tlpipe.compute.temperature import (
+    apply_temperature,
+    fit_temperature,
+    negative_log_likelihood,
+    with_temperature,
+)
 from tlpipe.compute.training import compile_classifier, finetune_model, fit_logged, replica_scope
 from tlpipe.core.arrays import RowFile, check_same_rows, load_array, open_rows
 from tlpipe.core.backbone import boundary_layer, split_at
@@ -38,12 +44,6 @@ from tlpipe.core.paths import (
     prepared_labels,
 )
 from tlpipe.core.runtime import run_stage, seed_everything, use_threads
-from tlpipe.core.temperature import (
-    apply_temperature,
-    fit_temperature,
-    negative_log_likelihood,
-    with_temperature,
-)
 
 
 def fitted_temperature(

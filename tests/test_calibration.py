@@ -1,4 +1,4 @@
-"""Temperature scaling (core/temperature.py) and calibration error (outputs/calibration.py)."""
+"""Temperature scaling (compute/temperature.py) and calibration error (outputs/calibration.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tlpipe.compute.archives import load_model, save_model
-from tlpipe.core.temperature import (
+from tlpipe.compute.temperature import (
     TemperatureScaling,
     apply_temperature,
     fit_temperature,

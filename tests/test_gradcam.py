@@ -205,7 +205,7 @@ def test_image_grid_takes_grey_images_and_none(tmp_path):
 
 def test_a_calibrated_models_temperature_leaves_the_maps_as_they_are():
     """The saturated case: through the temperature the score would be a probability at 1.0."""
-    from tlpipe.core.temperature import with_temperature
+    from tlpipe.compute.temperature import with_temperature
 
     model, images = masked_model(scale=1000.0), bright_noise(2)
     calibrated = with_temperature(model, 2.5)

@@ -102,7 +102,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "stages/export.py": (None, frozenset({"export"})),
     # tlpipe/core: what every stage imports (dvc.yaml declares the folder once per stage). params.py
     # reads the backbone table and layers.py (where each can be cut); normalization.py is the
-    # models' first layer and temperature.py the last of a calibrated one; runtime.py holds the
+    # models' first layer; runtime.py holds the
     # threads and imports cpu.py, which also turns oneDNN on before TensorFlow loads.
     **{
         f"tlpipe/core/{name}.py": (None, STAGES)
@@ -113,7 +113,6 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
             "cpu",
             "backbone",
             "normalization",
-            "temperature",
             "layers",
             "validation",
             "files",
@@ -153,6 +152,8 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/compute/streaming.py": (None, frozenset({"train", "finetune", "evaluate", "analyze"})),
     "tlpipe/compute/training.py": (None, frozenset({"train", "finetune", "analyze"})),
     "tlpipe/compute/archives.py": (None, STAGES - {"check", "download", "prepare"}),  # .keras files
+    # the last layer of a calibrated model, registered wherever archives.py loads one
+    "tlpipe/compute/temperature.py": (None, STAGES - {"check", "download", "prepare"}),
     "tlpipe/outputs/report.py": (None, frozenset({"evaluate", "analyze"})),
     "tlpipe/outputs/calibration.py": (None, frozenset({"evaluate"})),
     "tlpipe/outputs/export.py": (None, frozenset({"export"})),

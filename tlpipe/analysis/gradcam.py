@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlpipe.core.temperature import without_temperature
+from tlpipe.compute.temperature import without_temperature
 
 _POOLING = (
     keras.layers.MaxPooling2D,

@@ -92,8 +92,9 @@ def load_model(path: Path) -> Any:
     _check_keras_archive(path)  # before TensorFlow loads: a refusal takes a second, not ten
     import keras
 
-    # Register the layer every pipeline model starts with and the one a calibrated model ends with.
-    from tlpipe.core import normalization, temperature  # noqa: F401
+    # Registered with Keras: the first layer of every pipeline model, the last of a calibrated one.
+    from tlpipe.compute import temperature  # noqa: F401
+    from tlpipe.core import normalization  # noqa: F401
 
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)

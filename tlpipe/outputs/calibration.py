@@ -1,5 +1,5 @@
 """How far the model's confidence is from its accuracy: expected calibration error (ECE) and the
-reliability diagram, before and after the temperature `finetune` fitted (core/temperature.py).
+reliability diagram, before and after the temperature `finetune` fitted (compute/temperature.py).
 
 ECE as Guo et al. (2017) define it: the test images are put in 15 equal-width bins by their top
 probability (bin m holds confidences in ((m-1)/15, m/15]); ECE is the mean over images of
