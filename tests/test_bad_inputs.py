@@ -1120,6 +1120,11 @@ CASES = [
         r"^error: finetune\.augment: got 'maybe'; expected true or false$",
     ),
     params_case(
+        "calibrate-unknown",
+        {"finetune.calibrate": "platt"},
+        r"^error: finetune\.calibrate: got 'platt'; expected one of temperature, none$",
+    ),
+    params_case(
         "dropout-one",
         {"train.dropout": 1},
         r"^error: train\.dropout: got 1; expected a number >= 0\.0 and < 1\.0$",

@@ -49,6 +49,7 @@ def test_demo_then_lr_experiment_reruns_only_finetune_and_evaluate(project: Path
     assert metrics["finetuned"]["accuracy"] > 0.5  # ten classes: chance is 0.1
     assert "finetuned.accuracy" in demo  # the demo prints the test accuracy
     assert_report(project)
+    assert_calibration(project)
     assert_analysis(project)
 
     # Nothing changed: nothing runs but `check`.
@@ -90,6 +91,29 @@ def assert_report(project: Path) -> None:
         assert image.format == "PNG"
     info = json.loads((project / "models/model.json").read_text())
     assert info == {"backbone": "vgg16", "image_size": 32, "classes": classes}
+
+
+def assert_calibration(project: Path) -> None:
+    """The saved model ends in the temperature fitted on val, which moves no test image's class."""
+    import numpy as np
+    from PIL import Image
+
+    from tlpipe.compute.archives import load_model
+    from tlpipe.compute.temperature import TemperatureScaling, without_temperature
+
+    temperature = json.loads((project / "models/model.json").read_text())["temperature"]
+    finetuned = json.loads((project / "metrics/evaluate.json").read_text())["finetuned"]
+    assert temperature > 0 and finetuned["temperature"] == temperature
+    assert 0 <= finetuned["ece"] <= 1 and 0 <= finetuned["ece_uncalibrated"] <= 1
+    model = load_model(project / "models/model.keras")
+    assert isinstance(model.layers[-1], TemperatureScaling)
+    assert model.layers[-1].temperature == temperature
+    images = np.load(project / "data/prepared/test_x.npy")
+    calibrated = model.predict(images, verbose=0)
+    trained = without_temperature(model).predict(images, verbose=0)
+    np.testing.assert_array_equal(calibrated.argmax(axis=1), trained.argmax(axis=1))
+    with Image.open(project / "metrics/report/reliability.png") as picture:
+        assert picture.format == "PNG"
 
 
 def assert_analysis(project: Path) -> None:
