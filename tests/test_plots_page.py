@@ -119,9 +119,9 @@ def project(tmp_path_factory) -> Path:
 )
 def test_plots_page_draws_every_plot_offline(project, tmp_path, command):
     vega, images = reported_plots(run([*command, "--json"], project).stdout)
-    # the pictures: evaluate's samples, analyze's top losses, two Grad-CAM grids, label issues;
-    # a diff shows each twice (workspace and HEAD)
-    assert (vega, images) == ((5, 5) if command[2] == "show" else (5, 10))
+    # the pictures: evaluate's samples and reliability diagram, analyze's top losses, two
+    # Grad-CAM grids, label issues; a diff shows each twice (workspace and HEAD)
+    assert (vega, images) == ((5, 6) if command[2] == "show" else (5, 12))
 
     run([*command, "-o", str(tmp_path / "page")], project)
     seen = open_offline(tmp_path / "page" / "index.html", expected_vega=vega)
