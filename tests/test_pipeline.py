@@ -90,7 +90,12 @@ def assert_report(project: Path) -> None:
     with Image.open(project / "metrics/report/samples.png") as image:
         assert image.format == "PNG"
     info = json.loads((project / "models/model.json").read_text())
-    assert info == {"backbone": "vgg16", "image_size": 32, "classes": classes}
+    assert info == {
+        "backbone": "vgg16",
+        "image_size": 32,
+        "classes": classes,
+        "temperature": info["temperature"],  # checked in assert_calibration
+    }
 
 
 def assert_calibration(project: Path) -> None:
