@@ -161,15 +161,19 @@ def test_plots_render_curves_and_confusion_matrix(sweep, tmp_path):
     (confusion,) = plots["Test confusion matrix"]
     assert confusion["revisions"] == revs
     assert {"actual", "predicted", "rev"} <= set(confusion["content"]["data"]["values"][0])
-    # each shown once: the curves and the matrix as Vega only; the pictures are the samples grid
-    # and analyze's four grids, one per revision each
+    # each shown once: the curves and the matrix as Vega only; the pictures are the samples grid,
+    # the reliability diagram and analyze's four grids, one per revision each
     samples = "metrics/report/samples.png"
-    analysis = {
-        f"metrics/analysis/{name}.png"
-        for name in ("top_losses", "gradcam_mistakes", "gradcam_classes", "label_issues")
+    pictures = {
+        samples,
+        "metrics/report/reliability.png",
+        *(
+            f"metrics/analysis/{name}.png"
+            for name in ("top_losses", "gradcam_mistakes", "gradcam_classes", "label_issues")
+        ),
     }
-    assert set(plots) == {*curves, "Test confusion matrix", samples, *analysis}
-    for picture in (samples, *analysis):
+    assert set(plots) == {*curves, "Test confusion matrix", *pictures}
+    for picture in pictures:
         assert sorted(image["revisions"][0] for image in plots[picture]) == sorted(revs)
         assert all(image["type"] == "image" for image in plots[picture])
 
