@@ -34,7 +34,7 @@ from tlpipe.core.paths import (
     raw_images,
 )
 from tlpipe.core.runtime import run_stage
-from tlpipe.outputs.calibration import expected_calibration_error, write_reliability
+from tlpipe.outputs.calibration import calibration_bins, ece_of_bins, write_reliability
 from tlpipe.outputs.report import scores, write_report
 
 
@@ -53,8 +53,9 @@ def calibration_scores(
     curves = {"fine-tuned": probabilities}
     if temperature is not None:  # the trained model's own probabilities, the temperature undone
         curves = {"uncalibrated": apply_temperature(probabilities, 1 / temperature), **curves}
-    write_reliability(REPORT_DIR, truth, curves, temperature=temperature or 1.0)
-    ece = {label: expected_calibration_error(truth, p) for label, p in curves.items()}
+    binned = {label: calibration_bins(truth, p) for label, p in curves.items()}  # once each
+    write_reliability(REPORT_DIR, binned, temperature=temperature or 1.0)
+    ece = {label: ece_of_bins(rows) for label, rows in binned.items()}
     return {
         "temperature": temperature or 1.0,
         "ece": ece["fine-tuned"],

@@ -114,8 +114,9 @@ def test_bins_are_right_closed_and_count_every_image():
 def test_reliability_files_are_reproducible(tmp_path):
     probabilities, truth = over_confident(2.5, n=300)
     curves = {"uncalibrated": probabilities, "fine-tuned": apply_temperature(probabilities, 2.5)}
-    write_reliability(tmp_path / "a", truth, curves, temperature=2.5)
-    write_reliability(tmp_path / "b", truth, curves, temperature=2.5)
+    binned = {label: calibration_bins(truth, p) for label, p in curves.items()}
+    write_reliability(tmp_path / "a", binned, temperature=2.5)
+    write_reliability(tmp_path / "b", binned, temperature=2.5)
     for name in ("reliability.csv", "reliability.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     lines = (tmp_path / "a/reliability.csv").read_text().splitlines()

@@ -43,24 +43,28 @@ def calibration_bins(
     return rows
 
 
-def expected_calibration_error(
-    truth: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
-) -> float:
-    """Sum over bins of (share of images) x |accuracy - confidence|."""
-    rows = calibration_bins(truth, probabilities, bins)
+def ece_of_bins(rows: list[dict[str, float]]) -> float:
+    """Sum over `calibration_bins` rows of (share of images) x |accuracy - confidence|."""
     total = sum(row["count"] for row in rows)
     return float(
         sum(row["count"] / total * abs(row["accuracy"] - row["confidence"]) for row in rows)
     )
 
 
+def expected_calibration_error(
+    truth: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
+) -> float:
+    """ECE of `probabilities` (N, classes) for integer classes `truth`."""
+    return ece_of_bins(calibration_bins(truth, probabilities, bins))
+
+
 def write_reliability(
-    out_dir: Path, truth: np.ndarray, curves: dict[str, np.ndarray], *, temperature: float
+    out_dir: Path, binned: dict[str, list[dict[str, float]]], *, temperature: float
 ) -> None:
     """reliability.csv (one row per model and bin) and reliability.png (accuracy against
-    confidence per non-empty bin, the diagonal a calibrated model lies on) for each of `curves`
-    ({label: test probabilities}, e.g. before and after the temperature)."""
-    binned = {label: calibration_bins(truth, p) for label, p in curves.items()}
+    confidence per non-empty bin, the diagonal a calibrated model lies on) for each of `binned`
+    ({label: `calibration_bins` of its test probabilities}, e.g. before and after the
+    temperature)."""
     columns = ("lower", "upper", "count", "confidence", "accuracy")
     with atomic_path(out_dir / "reliability.csv") as temporary, open(temporary, "w") as file:
         writer = csv.writer(file, lineterminator="\n")
@@ -71,7 +75,7 @@ def write_reliability(
     axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
     for label, rows in binned.items():
         used = [row for row in rows if row["count"]]
-        ece = expected_calibration_error(truth, curves[label])
+        ece = ece_of_bins(rows)
         axis.plot(
             [row["confidence"] for row in used],
             [row["accuracy"] for row in used],
