@@ -43,8 +43,12 @@ $(VENV)/.installed-cluster: $(VENV)/.installed
 	$(QUIET_EDITABLE) $(BIN)/python -m pip install --quiet -e '.[dev,docs,cluster]'
 	touch $@
 
+# Test files run on TEST_WORKERS pytest-xdist workers, one whole file per worker at a time
+# (--dist loadfile), so each file's module fixtures are built once. Much of a test's time is
+# single-threaded (start-up, DVC, subprocesses), so two workers overlap well on two cores.
+TEST_WORKERS ?= 2
 test: install $(VENV)/.installed-cluster lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # ruff (settings in pyproject.toml): lint and formatting are checked before every test run.
 lint: install
