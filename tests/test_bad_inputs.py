@@ -1125,6 +1125,22 @@ CASES = [
         r"^error: finetune\.calibrate: got 'platt'; expected one of temperature, none$",
     ),
     params_case(
+        "export-format-unknown",
+        {"export.formats": ["onnx", "tensorrt"]},
+        r"^error: export\.formats: got \['onnx', 'tensorrt'\]; expected a list whose items are "
+        r"each one of saved_model, litert, litert_float16, litert_int8, onnx, onnx_int8$",
+    ),
+    params_case(
+        "export-formats-empty",
+        {"export.formats": []},
+        r"^error: export\.formats: got \[\], an empty list; name one or more of saved_model, ",
+    ),
+    params_case(
+        "export-format-twice",
+        {"export.formats": ["onnx", "litert", "onnx"]},
+        r"^error: export\.formats: got \['onnx', 'litert', 'onnx'\]; onnx listed more than once$",
+    ),
+    params_case(
         "dropout-one",
         {"train.dropout": 1},
         r"^error: train\.dropout: got 1; expected a number >= 0\.0 and < 1\.0$",

@@ -44,12 +44,16 @@ START_UP_NOTICE = re.compile(
     rb"|I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\] "
 )
 # What TensorFlow's LiteRT converter and interpreter print while the export stage converts: the
-# converter's warnings about options it ignores, and the interpreter's XNNPACK delegate notice.
+# converter's warnings about options it ignores, the interpreter's XNNPACK delegate notice, and
+# the quantizer's settings line and its note on version metadata (quantized LiteRT files).
 # Where `import tensorflow` logged nothing through absl (oneDNN off: TF_ENABLE_ONEDNN_OPTS=0, or
 # a CPU without AVX-512), absl's banner comes here instead, before the converter's first warning.
 CONVERTER_NOTICE = re.compile(
     rb"W\d{4} \d\d:\d\d:\d+\.\d+ +\d+ tf_tfl_flatbuffer_helpers\.cc:\d+\] Ignored "
     rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
+    rb"|fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, "
+    rb"output_inference_type: \w+$"
+    rb"|W\d{4} \d\d:\d\d:\d+\.\d+ +\d+ flatbuffer_export\.cc:\d+\] Skipping runtime version "
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
 )
 

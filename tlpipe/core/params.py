@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from tlpipe.core.backbone import BACKBONES
+from tlpipe.core.export_formats import FORMAT_NAMES
 from tlpipe.core.layers import FINETUNE_STARTS
 from tlpipe.core.paths import PARAMS_FILE
 from tlpipe.core.runtime import UserError
@@ -223,6 +224,21 @@ class AnalyzeParams(Section):
     batch_size: BatchSize
 
 
+class ExportParams(Section):
+    formats: list[Literal[FORMAT_NAMES]]  # files in models/export/ (tlpipe/core/export_formats.py)
+    calibration_images: Count  # training images the int8 files measure activation ranges on
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, formats: list[str]) -> list[str]:
+        if not formats:
+            raise ValueError(f", an empty list; name one or more of {', '.join(FORMAT_NAMES)}")
+        repeated = sorted({name for name in formats if formats.count(name) > 1})
+        if repeated:
+            raise ValueError(f"; {', '.join(repeated)} listed more than once")
+        return formats
+
+
 class ClusterParams(Section):
     """Where `features` runs. Not a features param in dvc.yaml: the outputs are the same bytes
     either way (tests/test_cluster.py), so switching engines reruns nothing."""
@@ -253,6 +269,7 @@ class Params(Section):
     finetune: FinetuneParams
     evaluate: EvaluateParams
     analyze: AnalyzeParams
+    export: ExportParams
     cluster: ClusterParams
     tune: TuneParams
 

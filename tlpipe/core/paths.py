@@ -60,6 +60,7 @@ LITERT_NAME = "model.tflite"
 ONNX_NAME = "model.onnx"
 LABELS_NAME = "labels.txt"
 MODEL_CARD_FILE = Path("models/MODEL_CARD.md")
+EXPORT_SCORES_FILE = Path("metrics/export.json")  # each exported file checked in its runtime
 # tlpipe lr-find (no stage: a command's outputs, committed if you like): the sweep's table, picture
 LR_FIND_DIR = Path("metrics/lr_find")
 LR_FIND_TABLE_FILE = LR_FIND_DIR / "lr_find.tsv"

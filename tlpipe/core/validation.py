@@ -90,6 +90,8 @@ def _allowed(annotation: Any, metadata: list[Any]) -> str:
         return f"{_allowed(inner, metadata)} or null"
     if get_origin(annotation) in (Union, types.UnionType):
         return " or ".join(_allowed(arg, metadata) for arg in args)
+    if get_origin(annotation) is list:
+        return f"a list whose items are each {_allowed(args[0], [])}"
     for item in list(metadata):
         if isinstance(item, FieldInfo):
             metadata = [*metadata, *item.metadata]

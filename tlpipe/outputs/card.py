@@ -10,9 +10,11 @@ from pathlib import Path
 
 import yaml
 
+from tlpipe.analysis.tables import markdown_table
 from tlpipe.core.backbone import BACKBONES
 from tlpipe.core.params import Params
 from tlpipe.core.paths import EXPORT_DIR, LABELS_NAME, LITERT_NAME, ONNX_NAME, SAVED_MODEL_NAME
+from tlpipe.outputs.export_scores import files_table
 
 # The params.yaml sections that shape the model (the ones export declares): not evaluate's batch
 # size, the cluster engine (same bytes either way), analyze (after the model) or tune (no stage).
@@ -29,11 +31,11 @@ def model_card(
     per_class: dict,
     split_sizes: dict[str, int],
     parameter_count: int,
-    file_sizes: dict[str, int],
+    export_scores: dict,
     computed_on: dict[str, dict],
 ) -> str:
     """The card as Markdown. `metrics` is metrics/evaluate.json, `per_class` the report's
-    per_class.json, `file_sizes` the bytes of each file (or folder) in models/export/,
+    per_class.json, `export_scores` metrics/export.json (each exported file's size and scores),
     `computed_on` each computing stage's compute.json (features, train, finetune)."""
     sections = [
         f"# Model card: {params.backbone.name} fine-tuned on {params.data.dataset}",
@@ -61,7 +63,7 @@ def model_card(
         "## Input contract",
         _input_contract(params.backbone.name, image_size, len(class_names)),
         "## Files and how to load them",
-        _files_table(file_sizes),
+        files_table(export_scores),
         _loading(),
         "## Limits",
         _limits(params, per_class, class_names),
@@ -111,9 +113,7 @@ def _data(params: Params, class_names: list[str], split_sizes: dict[str, int]) -
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(markdown_table(header, rows))
 
 
 def _computed_on(computed_on: dict[str, dict]) -> str:
@@ -194,26 +194,10 @@ def _input_contract(backbone: str, image_size: int, n_classes: int) -> str:
     )
 
 
-def _files_table(file_sizes: dict[str, int]) -> str:
-    formats = {
-        SAVED_MODEL_NAME: "TensorFlow SavedModel, signature `serving_default`",
-        LITERT_NAME: "LiteRT (TFLite) flatbuffer, built-in ops only, signature `serving_default`",
-        ONNX_NAME: "ONNX, opset 17",
-        LABELS_NAME: "class names, one a line, in output order",
-    }
-    rows = [
-        [f"`{EXPORT_DIR / name}`", what, _size(file_sizes[name])] for name, what in formats.items()
-    ]
-    return _table(["file", "what", "size"], rows)
-
-
-def _size(size_in_bytes: int) -> str:
-    return f"{size_in_bytes / 1e6:.1f} MB" if size_in_bytes >= 100_000 else f"{size_in_bytes} bytes"
-
-
 def _loading() -> str:
     folder = Path(EXPORT_DIR)
-    return f"""Each takes a numpy array `batch` of uint8 pixels as above:
+    return f"""Each takes a numpy array `batch` of uint8 pixels as above (the float16 and int8 files
+load as their float file does, under their own names):
 
 ```python
 import tensorflow as tf  # tensorflow or tensorflow-cpu

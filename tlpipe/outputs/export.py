@@ -30,15 +30,18 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlpipe.core.paths import LABELS_NAME, LITERT_NAME, ONNX_NAME, SAVED_MODEL_NAME
+from tlpipe.core.paths import LABELS_NAME
 from tlpipe.core.runtime import UserError, first_line
 from tlpipe.startup import CONVERTER_NOTICE, start_up_notices_dropped
 
 if TYPE_CHECKING:
     import keras
+    import numpy as np
     import onnx
     import tensorflow as tf
 
@@ -46,6 +49,7 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 INPUT_DIMS = ("batch", "height", "width", "channels")  # the ONNX input's named dimensions
 ONNX_OPSET = 17  # onnxruntime 1.x and most other ONNX runtimes support it
+RESIZE_LAYER = "resize_to_model_input"  # the layer in front, named in its ops' tensor names
 
 
 def use_pure_python_protobuf() -> None:
@@ -130,7 +134,7 @@ def serving_model(model: keras.Model, image_size: int) -> keras.Model:
             return (input_shape[0], image_size, image_size, 3)
 
     images = keras.Input((None, None, None), dtype="uint8", name=INPUT_NAME)
-    pixels = ResizeToModelInput(name="resize_to_model_input")(images)
+    pixels = ResizeToModelInput(name=RESIZE_LAYER)(images)
     return keras.Model(images, {OUTPUT_NAME: model(pixels)}, name="serving")
 
 
@@ -155,25 +159,42 @@ def save_saved_model(serving: keras.Model, path: Path) -> None:
     fingerprint_file.write_bytes(fingerprint.SerializeToString())
 
 
-def convert_to_litert(saved_model: Path, path: Path) -> None:
-    """The SavedModel as a LiteRT flatbuffer of built-in ops only: one that needed TensorFlow ops
-    (the Flex delegate) would not run in the plain ai-edge-litert interpreter."""
+def litert_converter(saved_model: Path) -> tf.lite.TFLiteConverter:
+    """A converter of the SavedModel to LiteRT built-in ops only: a file that needed TensorFlow
+    ops (the Flex delegate) would not run in the plain ai-edge-litert interpreter."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter
+
+
+def converted(convert: Callable[[], bytes]) -> bytes:
+    """The flatbuffer `convert` makes, with the converter's notices off the terminal and its
+    failures as one line."""
     try:
-        with start_up_notices_dropped(CONVERTER_NOTICE):
-            flatbuffer = converter.convert()
+        with warnings.catch_warnings(), start_up_notices_dropped(CONVERTER_NOTICE):
+            # int8: the calibration runs tf.lite.Interpreter, which warns that it is deprecated.
+            warnings.simplefilter("ignore", UserWarning)
+            return convert()
     except Exception as error:  # the converter raises its own ConverterError, or others
         raise UserError(f"LiteRT conversion failed: {first_line(error)}") from None
-    path.write_bytes(flatbuffer)
+
+
+def convert_to_litert(saved_model: Path, path: Path, *, float16: bool = False) -> None:
+    """The SavedModel as a LiteRT flatbuffer, float32, or with its weights stored as float16 (half
+    the bytes; computed in float32). int8: quantize.convert_to_litert_int8."""
+    import tensorflow as tf
+
+    converter = litert_converter(saved_model)
+    if float16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    path.write_bytes(converted(converter.convert))
 
 
 def convert_to_onnx(litert: Path, path: Path) -> None:
     """The LiteRT model as ONNX (tf2onnx), put in canonical form, checked by onnx's checker."""
-    import warnings
-
     import onnx
     import tf2onnx
 
@@ -259,12 +280,46 @@ def _replace(field: Any, items: list) -> None:
 
 
 def export_model(
-    model: keras.Model, folder: Path, *, image_size: int, class_names: list[str]
+    model: keras.Model,
+    folder: Path,
+    *,
+    image_size: int,
+    class_names: list[str],
+    formats: list[str],
+    calibration: np.ndarray | None = None,
 ) -> None:
-    """SavedModel, LiteRT and ONNX versions of `model` (resize inside), and labels.txt, in
-    `folder`."""
-    serving = serving_model(model, image_size)
-    save_saved_model(serving, folder / SAVED_MODEL_NAME)
-    convert_to_litert(folder / SAVED_MODEL_NAME, folder / LITERT_NAME)
-    convert_to_onnx(folder / LITERT_NAME, folder / ONNX_NAME)
+    """`formats` (tlpipe/core/export_formats.py) of `model` (resize inside), and labels.txt, in
+    `folder`. `calibration`: the int8 formats' sample, uint8 (n, image_size, image_size, 3).
+    A format only needed to make another (the LiteRT file for ONNX) is removed afterwards."""
+    import shutil
+
+    from tlpipe.core.export_formats import FORMATS, formats_to_build
+    from tlpipe.outputs.quantize import convert_to_litert_int8, quantize_onnx
+
+    def file(name: str) -> Path:
+        return folder / FORMATS[name].file
+
+    build = {
+        "saved_model": lambda: save_saved_model(
+            serving_model(model, image_size), file("saved_model")
+        ),
+        "litert": lambda: convert_to_litert(file("saved_model"), file("litert")),
+        "litert_float16": lambda: convert_to_litert(
+            file("saved_model"), file("litert_float16"), float16=True
+        ),
+        "litert_int8": lambda: convert_to_litert_int8(
+            file("saved_model"), file("litert_int8"), calibration
+        ),
+        "onnx": lambda: convert_to_onnx(file("litert"), file("onnx")),
+        "onnx_int8": lambda: quantize_onnx(
+            file("onnx"), file("onnx_int8"), calibration, INPUT_NAME
+        ),
+    }
+    needed = formats_to_build(formats)
+    for name in needed:
+        build[name]()
+    for name in needed:
+        if name not in formats:
+            path = file(name)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     (folder / LABELS_NAME).write_text("".join(f"{name}\n" for name in class_names))
