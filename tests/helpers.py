@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 import re
 import subprocess
@@ -35,6 +36,28 @@ TINY = ["-S", "data.limit=400", "-S", "train.epochs=3", "-S", "finetune.epochs=2
 SMALL_ANALYZE = ["-S", "analyze.folds=2", "-S", "analyze.top_losses=6"]
 SMALL_ANALYZE += ["-S", "analyze.gradcam_per_class=1"]
 TINY += SMALL_ANALYZE
+
+
+# Outputs that hold timings (the exported files' single-image latency): the one part of a run
+# that differs run to run (docs/trusted.md). Compared with their timings left out.
+TIMED_OUTPUTS = ("metrics/export.json", "models/MODEL_CARD.md")
+
+
+def lock_without_timings(project: Path) -> dict:
+    """dvc.lock, with the hashes of TIMED_OUTPUTS removed."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    for out in lock["stages"]["export"]["outs"]:
+        if out["path"] in TIMED_OUTPUTS:
+            out.pop("md5"), out.pop("size")
+    return lock
+
+
+def export_scores_without_timings(project: Path) -> dict:
+    """metrics/export.json without each file's latency_ms."""
+    scores = json.loads((project / "metrics/export.json").read_text())
+    for file in scores["files"].values():
+        file.pop("latency_ms")
+    return scores
 
 
 def __getattr__(name: str) -> object:

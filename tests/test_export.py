@@ -29,6 +29,7 @@ from tests.helpers import (
 )
 from tlpipe.data.images import to_model_input
 from tlpipe.outputs.export import canonical_onnx, resize_pixels
+from tlpipe.outputs.export_scores import size_in_bytes
 
 # The tiny offline pipeline, smaller still: the model only has to exist, not to be good.
 QUICK = ["-S", "data.limit=200", "-S", "train.epochs=1", "-S", "finetune.epochs=1"]
@@ -39,6 +40,14 @@ FORMATS = {
     "onnx": "models/export/model.onnx",
 }
 CLIENTS = {**FORMATS, "tflite": FORMATS["litert"], "opencv": FORMATS["onnx"]}  # run_exported.py
+# export.formats' default: the float files and the quantized LiteRT ones (params.yaml)
+DEFAULT_FILES = {
+    "saved_model",
+    "model.tflite",
+    "model_float16.tflite",
+    "model_int8.tflite",
+    "model.onnx",
+}
 TOLERANCE = 1e-4  # float32 probabilities
 
 
@@ -213,3 +222,29 @@ def test_the_stage_is_up_to_date_and_writes_labels_and_a_model_card(project):
     assert "random weights" in card  # backbone.weights: none is named as a limit
     for path in FORMATS.values():
         assert f"`{path}`" in card
+
+
+@pytest.mark.slow
+def test_each_file_is_checked_on_the_test_split_in_its_own_runtime(project):
+    scores = json.loads((project / "metrics/export.json").read_text())
+    finetuned = json.loads((project / "metrics/evaluate.json").read_text())["finetuned"]
+    files = scores["files"]
+    assert (
+        set(files)
+        == DEFAULT_FILES
+        == {p.name for p in (project / "models/export").iterdir()} - {"labels.txt"}
+    )
+    assert scores["test_images"] == len(np.load(project / "data/prepared/test_y.npy"))
+    card = (project / "models/MODEL_CARD.md").read_text()
+    for name, row in files.items():
+        assert row["bytes"] == size_in_bytes(project / "models/export" / name), name
+        assert row["latency_ms"] > 0
+        assert f"| `models/export/{name}` |" in card and f"| {row['accuracy']:.4f} |" in card
+        if row["format"] in ("saved_model", "litert", "onnx"):  # float32: the Keras model's answers
+            assert row["agreement"] == 1.0, name
+            assert row["accuracy"] == round(finetuned["accuracy"], 4), name
+        else:
+            print(name, row)  # the quick model's figures (pytest -s)
+            assert row["agreement"] >= 0.9, name
+    assert files["model_float16.tflite"]["size_ratio"] <= 0.51  # VGG16: weights are nearly all
+    assert files["model_int8.tflite"]["size_ratio"] <= 0.3

@@ -85,6 +85,8 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "analyze.folds": (3, frozenset({"analyze"})),
     "analyze.duplicate_threshold": (0.95, frozenset({"analyze"})),
     "analyze.batch_size": (64, frozenset({"analyze"})),
+    "export.formats": (["saved_model", "onnx_int8"], frozenset({"export"})),
+    "export.calibration_images": (100, frozenset({"export"})),
     # tlpipe tune's defaults: no stage reads them
     "tune.space": (["lr=uniform:1e-5,1e-4"], frozenset()),
     "tune.trials": (3, frozenset()),
@@ -118,6 +120,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
             "files",
             "arrays",
             "jsonfiles",
+            "export_formats",  # params.py checks export.formats against its table
         )
     },
     # The subpackages' __init__.py hold a docstring only (the guard test below): core's is part of
@@ -136,9 +139,10 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
             "labels",
             "mistakes",
             "pictures",
-            "tables",
         )
     },
+    # export: the Markdown tables of the model card and of the exported files' scores
+    "tlpipe/analysis/tables.py": (None, frozenset({"analyze", "export"})),
     "tlpipe/data/balance.py": (None, frozenset({"prepare", "analyze"})),
     "tlpipe/data/sources.py": (None, frozenset({"download"})),
     "tlpipe/data/network.py": (None, frozenset({"download"})),
@@ -149,7 +153,11 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/compute/features.py": (None, frozenset({"features"})),
     "tlpipe/compute/precision.py": (None, frozenset({"features", "finetune"})),
     "tlpipe/compute/cluster.py": (None, frozenset({"features"})),
-    "tlpipe/compute/streaming.py": (None, frozenset({"train", "finetune", "evaluate", "analyze"})),
+    # export: the Keras model's answers on the test split, which each exported file's are checked on
+    "tlpipe/compute/streaming.py": (
+        None,
+        frozenset({"train", "finetune", "evaluate", "analyze", "export"}),
+    ),
     "tlpipe/compute/training.py": (None, frozenset({"train", "finetune", "analyze"})),
     "tlpipe/compute/archives.py": (None, STAGES - {"check", "download", "prepare"}),  # .keras files
     # the last layer of a calibrated model, registered wherever archives.py loads one
@@ -158,6 +166,10 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/outputs/calibration.py": (None, frozenset({"evaluate"})),
     "tlpipe/outputs/export.py": (None, frozenset({"export"})),
     "tlpipe/outputs/card.py": (None, frozenset({"export"})),
+    **{
+        f"tlpipe/outputs/{name}.py": (None, frozenset({"export"}))
+        for name in ("export_scores", "exported_run", "litert", "quantize")
+    },
     # The `tlpipe` command (predict, summary, review): no stage imports it, it reads the
     # pipeline's outputs; review.py runs the pipeline through DVC.
     "tlpipe/outputs/cli.py": (None, frozenset()),

@@ -31,12 +31,13 @@ import hashlib
 import os
 import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlpipe.core.paths import LABELS_NAME
 from tlpipe.core.runtime import UserError, first_line
+from tlpipe.outputs.litert import convert_to_litert, convert_to_litert_int8
+from tlpipe.outputs.quantize import quantize_onnx
 from tlpipe.startup import CONVERTER_NOTICE, start_up_notices_dropped
 
 if TYPE_CHECKING:
@@ -159,40 +160,6 @@ def save_saved_model(serving: keras.Model, path: Path) -> None:
     fingerprint_file.write_bytes(fingerprint.SerializeToString())
 
 
-def litert_converter(saved_model: Path) -> tf.lite.TFLiteConverter:
-    """A converter of the SavedModel to LiteRT built-in ops only: a file that needed TensorFlow
-    ops (the Flex delegate) would not run in the plain ai-edge-litert interpreter."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    return converter
-
-
-def converted(convert: Callable[[], bytes]) -> bytes:
-    """The flatbuffer `convert` makes, with the converter's notices off the terminal and its
-    failures as one line."""
-    try:
-        with warnings.catch_warnings(), start_up_notices_dropped(CONVERTER_NOTICE):
-            # int8: the calibration runs tf.lite.Interpreter, which warns that it is deprecated.
-            warnings.simplefilter("ignore", UserWarning)
-            return convert()
-    except Exception as error:  # the converter raises its own ConverterError, or others
-        raise UserError(f"LiteRT conversion failed: {first_line(error)}") from None
-
-
-def convert_to_litert(saved_model: Path, path: Path, *, float16: bool = False) -> None:
-    """The SavedModel as a LiteRT flatbuffer, float32, or with its weights stored as float16 (half
-    the bytes; computed in float32). int8: quantize.convert_to_litert_int8."""
-    import tensorflow as tf
-
-    converter = litert_converter(saved_model)
-    if float16:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    path.write_bytes(converted(converter.convert))
-
-
 def convert_to_onnx(litert: Path, path: Path) -> None:
     """The LiteRT model as ONNX (tf2onnx), put in canonical form, checked by onnx's checker."""
     import onnx
@@ -294,7 +261,6 @@ def export_model(
     import shutil
 
     from tlpipe.core.export_formats import FORMATS, formats_to_build
-    from tlpipe.outputs.quantize import convert_to_litert_int8, quantize_onnx
 
     def file(name: str) -> Path:
         return folder / FORMATS[name].file
@@ -308,7 +274,7 @@ def export_model(
             file("saved_model"), file("litert_float16"), float16=True
         ),
         "litert_int8": lambda: convert_to_litert_int8(
-            file("saved_model"), file("litert_int8"), calibration
+            file("saved_model"), file("litert_int8"), calibration, INPUT_NAME, RESIZE_LAYER
         ),
         "onnx": lambda: convert_to_onnx(file("litert"), file("onnx")),
         "onnx_int8": lambda: quantize_onnx(

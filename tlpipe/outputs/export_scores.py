@@ -20,6 +20,7 @@ from tlpipe.analysis.tables import markdown_table
 from tlpipe.core.export_formats import FORMATS, RUNTIMES
 from tlpipe.core.paths import EXPORT_DIR, LABELS_NAME
 from tlpipe.core.runtime import UserError
+from tlpipe.outputs import exported_run  # run as a child process, not called here
 
 
 def size_in_bytes(path: Path) -> int:
@@ -34,7 +35,7 @@ def run_exported(runtime: str, path: Path, images: Path) -> tuple[np.ndarray, fl
     uint8 images in the .npy file `images`, in a child process."""
     with tempfile.TemporaryDirectory(prefix="tlpipe-export-") as scratch:
         out = Path(scratch) / "probabilities.npy"
-        command = [sys.executable, "-m", "tlpipe.outputs.exported_run", runtime, str(path)]
+        command = [sys.executable, "-m", exported_run.__name__, runtime, str(path)]
         result = subprocess.run(
             [*command, str(images), str(out)], capture_output=True, text=True, check=False
         )

@@ -1,4 +1,4 @@
-"""int8 exports: the calibration sample, the LiteRT int8 file and the ONNX int8 file.
+"""int8 exports: the calibration sample and the ONNX int8 file (the LiteRT one: litert.py).
 
 Static int8 quantization stores each tensor as int8 with a scale measured beforehand: the
 calibration runs the float model on a sample of training images and records each activation's
@@ -22,38 +22,6 @@ from tlpipe.core.runtime import UserError, first_line
 
 if TYPE_CHECKING:
     import onnx
-
-
-def convert_to_litert_int8(saved_model: Path, path: Path, samples: np.ndarray) -> None:
-    """The SavedModel as LiteRT with int8 weights and activations (uint8 pixels in, float32
-    probabilities out, as the float file), calibrated on `samples` (n, size, size, 3) uint8,
-    the resize in front left float32 (TensorFlow's selective quantization: a deny list of its
-    ops' output tensors)."""
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
-    from tlpipe.outputs.export import INPUT_NAME, RESIZE_LAYER, converted, litert_converter
-
-    float_model = converted(litert_converter(saved_model).convert)
-    tensors = Interpreter(model_content=float_model).get_tensor_details()
-    resize = [tensor["name"] for tensor in tensors if RESIZE_LAYER in tensor["name"]]
-    converter = litert_converter(saved_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_ops = [
-        tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-        tf.lite.OpsSet.TFLITE_BUILTINS,  # for the float32 resize
-    ]
-    converter.representative_dataset = lambda: ({INPUT_NAME: image[None]} for image in samples)
-
-    def quantize() -> bytes:
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter,
-            debug_dataset=converter.representative_dataset,
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=resize),
-        )
-        return debugger.get_nondebug_quantized_model()
-
-    path.write_bytes(converted(quantize))
 
 
 def calibration_sample(images: np.ndarray, count: int, seed: int) -> np.ndarray:
