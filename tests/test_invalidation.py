@@ -80,6 +80,8 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "finetune.replicas": (2, frozenset({"finetune", "export"})),
     "finetune.calibrate": ("none", frozenset({"finetune", "export"})),
     "evaluate.batch_size": (64, frozenset({"evaluate"})),
+    # analyze reads evaluate's test probabilities, so it reruns once they have changed (see above)
+    "evaluate.tta": ("flip", frozenset({"evaluate"})),
     "analyze.top_losses": (12, frozenset({"analyze"})),
     "analyze.gradcam_per_class": (3, frozenset({"analyze"})),
     "analyze.folds": (3, frozenset({"analyze"})),
@@ -150,6 +152,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "tlpipe/compute/precision.py": (None, frozenset({"features", "finetune"})),
     "tlpipe/compute/cluster.py": (None, frozenset({"features"})),
     "tlpipe/compute/streaming.py": (None, frozenset({"train", "finetune", "evaluate", "analyze"})),
+    "tlpipe/compute/tta.py": (None, frozenset({"evaluate"})),  # also `tlpipe predict --tta`
     "tlpipe/compute/training.py": (None, frozenset({"train", "finetune", "analyze"})),
     "tlpipe/compute/archives.py": (None, STAGES - {"check", "download", "prepare"}),  # .keras files
     # the last layer of a calibrated model, registered wherever archives.py loads one
