@@ -80,7 +80,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "finetune.replicas": (2, frozenset({"finetune", "export"})),
     "finetune.calibrate": ("none", frozenset({"finetune", "export"})),
     "evaluate.batch_size": (64, frozenset({"evaluate"})),
-    # analyze reads evaluate's test probabilities, so it reruns once they have changed (see above)
+    # then analyze (the test probabilities) and export (the card's scores), once those change
     "evaluate.tta": ("flip", frozenset({"evaluate"})),
     "analyze.top_losses": (12, frozenset({"analyze"})),
     "analyze.gradcam_per_class": (3, frozenset({"analyze"})),
