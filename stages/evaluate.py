@@ -7,7 +7,10 @@ samples.png (test images with predicted and true labels, misclassified first), a
 reliability diagram (reliability.csv and .png) of the fine-tuned model before and after its
 temperature, whose expected calibration errors are `finetuned.ece_uncalibrated` and
 `finetuned.ece`. The fine-tuned model's test probabilities go to data/predictions/test.npy, for
-`analyze`.
+`analyze`. With `evaluate.tta: flip` they are the mean of each image's and its mirror's
+(tlpipe/compute/tta.py), and `finetuned.tta` says so; the head alone is scored on the cached
+features of the images as they are. With `none` the key is left out, so the default writes the
+bytes it wrote before test-time augmentation existed.
 """
 
 import numpy as np
@@ -15,6 +18,7 @@ import numpy as np
 from tlpipe.compute.archives import load_model, load_model_info
 from tlpipe.compute.streaming import batches
 from tlpipe.compute.temperature import apply_temperature
+from tlpipe.compute.tta import predict_probabilities
 from tlpipe.core.arrays import check_same_rows, load_array, open_rows, save_array
 from tlpipe.core.jsonfiles import load_json, save_json
 from tlpipe.core.params import load_params
@@ -72,10 +76,14 @@ def main() -> None:
     check_same_rows({features.path: features, images.path: images, prepared_labels("test"): y_test})
     batch_size = params.evaluate.batch_size
     head_probabilities = head_model.predict(batches(features, batch_size=batch_size), verbose=0)
-    model_probabilities = full_model.predict(batches(images, batch_size=batch_size), verbose=0)
+    tta = params.evaluate.tta
+    model_probabilities = predict_probabilities(
+        full_model, batches(images, batch_size=batch_size), tta
+    )
     head, finetuned = scores(y_test, head_probabilities), scores(y_test, model_probabilities)
     temperature = load_model_info(MODEL_INFO_FILE).get("temperature")
     finetuned |= calibration_scores(y_test.argmax(axis=1), model_probabilities, temperature)
+    finetuned |= {"tta": tta} if tta != "none" else {}
     save_array(TEST_PROBABILITIES_FILE, model_probabilities.astype(np.float32))
     save_json(
         METRICS_FILE,
@@ -92,6 +100,7 @@ def main() -> None:
         f"evaluate: test accuracy head {head['accuracy']:.4f}, fine-tuned "
         f"{finetuned['accuracy']:.4f} (macro F1 {finetuned['macro_f1']:.4f}) "
         f"on {len(y_test)} images"
+        + (", each averaged with its mirror (evaluate.tta: flip)" if tta == "flip" else "")
     )
     print(
         f"evaluate: expected calibration error {finetuned['ece']:.4f}"

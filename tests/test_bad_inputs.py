@@ -1141,6 +1141,11 @@ CASES = [
         r"^error: export\.formats: got \['onnx', 'litert', 'onnx'\]; onnx listed more than once$",
     ),
     params_case(
+        "tta-unknown",
+        {"evaluate.tta": "rotate"},
+        r"^error: evaluate\.tta: got 'rotate'; expected one of none, flip$",
+    ),
+    params_case(
         "dropout-one",
         {"train.dropout": 1},
         r"^error: train\.dropout: got 1; expected a number >= 0\.0 and < 1\.0$",

@@ -80,6 +80,8 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "finetune.replicas": (2, frozenset({"finetune", "export"})),
     "finetune.calibrate": ("none", frozenset({"finetune", "export"})),
     "evaluate.batch_size": (64, frozenset({"evaluate"})),
+    # then analyze (the test probabilities) and export (the card's scores), once those change
+    "evaluate.tta": ("flip", frozenset({"evaluate"})),
     "analyze.top_losses": (12, frozenset({"analyze"})),
     "analyze.gradcam_per_class": (3, frozenset({"analyze"})),
     "analyze.folds": (3, frozenset({"analyze"})),
@@ -158,6 +160,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
         None,
         frozenset({"train", "finetune", "evaluate", "analyze", "export"}),
     ),
+    "tlpipe/compute/tta.py": (None, frozenset({"evaluate"})),  # also `tlpipe predict --tta`
     "tlpipe/compute/training.py": (None, frozenset({"train", "finetune", "analyze"})),
     "tlpipe/compute/archives.py": (None, STAGES - {"check", "download", "prepare"}),  # .keras files
     # the last layer of a calibrated model, registered wherever archives.py loads one

@@ -210,6 +210,7 @@ class FinetuneParams(Section):
 
 class EvaluateParams(Section):
     batch_size: BatchSize
+    tta: Literal["none", "flip"]  # flip: the mean of each image's and its mirror's probabilities
 
 
 # Cosine similarity of two images' centred head features above which they count as near-duplicates.

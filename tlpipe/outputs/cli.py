@@ -2,6 +2,7 @@
 
 tlpipe predict photo.jpg more/photos/          one line per image: path, class, probability
 tlpipe predict --top-k 3 --json photo.jpg      the three likeliest classes, as JSON
+tlpipe predict --tta flip photo.jpg            averaged with the mirrored image (not for text)
 tlpipe summary [--plot model.png]               layers, trainable flags, parameter counts
 tlpipe review main [HEAD]                       metrics of two commits, same configuration
 tlpipe issues [--top N] [--csv]                 labels that look wrong, and how to fix them
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.compute.archives import load_model, load_model_info
+from tlpipe.compute.tta import TTA_CHOICES, predict_probabilities
 from tlpipe.core.paths import MODEL_FILE
 from tlpipe.core.runtime import UserError, first_line, run_stage
 from tlpipe.data.images import IMAGE_SUFFIXES, UNREADABLE_IMAGE, read_image
@@ -75,6 +77,14 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
         default=32,
         metavar="N",
         help="images per forward pass (default 32)",
+    )
+    model.add_argument(
+        "--tta",
+        choices=TTA_CHOICES,
+        default="none",
+        help="test-time augmentation: none (default), or flip: the mean of the probabilities of "
+        "each image and of its horizontal mirror (twice the time; wrong for digits, text and "
+        "anything a mirror changes)",
     )
 
 
@@ -209,7 +219,9 @@ def predict(args: argparse.Namespace) -> int:
             readable.append((path, to_model_input(image[np.newaxis], info["image_size"])[0]))
         if not readable:
             continue
-        probabilities = model.predict(np.stack([image for _, image in readable]), verbose=0)
+        probabilities = predict_probabilities(
+            model, np.stack([image for _, image in readable]), args.tta
+        )
         for (path, _), row in zip(readable, probabilities, strict=True):
             best = np.argsort(row)[::-1][:top_k]
             result = {
