@@ -71,6 +71,7 @@ def main() -> None:
     params = load_params()
     formats = params.export.formats
     check_runtimes(formats)
+    calibration = int8_calibration(params)
     # Everything the card needs is read first: a missing input stops the stage before the export.
     info = load_model_info(MODEL_INFO_FILE)
     metrics, per_class = load_json(METRICS_FILE), load_json(PER_CLASS_FILE)
@@ -83,7 +84,6 @@ def main() -> None:
             ("finetune", FINETUNE_COMPUTE_FILE),
         )
     }
-    calibration = int8_calibration(params)
     model = load_model(MODEL_FILE)
 
     size, class_names = info["image_size"], info["classes"]

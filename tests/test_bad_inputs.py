@@ -457,9 +457,15 @@ def other_hdf5_as_weights(root: Path, assets: Assets) -> list[str]:
 
 
 def export_before_evaluate(root: Path, assets: Assets) -> list[str]:
-    write_params(root)
+    write_params(root, {"export.calibration_images": 5})  # within the 12 training images
     write_prepared(root)
     assets.install_model(root)
+    return stage("export")
+
+
+def calibration_beyond_the_training_split(root: Path, assets: Assets) -> list[str]:
+    write_params(root, {"export.calibration_images": 100000})
+    write_prepared(root)
     return stage("export")
 
 
@@ -1441,6 +1447,15 @@ CASES = [
         "export-before-evaluate",
         export_before_evaluate,
         (r"^error: metrics/evaluate\.json is missing: run `dvc repro` to create it$",),
+        check=nothing_exported,
+    ),
+    Case(
+        "export-calibration-beyond-the-training-split",
+        calibration_beyond_the_training_split,
+        (
+            r"^error: export\.calibration_images: 100000 is more than the (\d+) training images; "
+            r"allowed: 1 to \1$",
+        ),
         check=nothing_exported,
     ),
     # tlpipe

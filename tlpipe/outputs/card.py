@@ -147,7 +147,14 @@ def _metrics_table(metrics: dict) -> str:
         for label, part in (("dense head alone", "head"), ("fine-tuned", "finetuned"))
     ]
     header = ["model", "accuracy", "loss", "macro precision", "macro recall", "macro F1", "ECE"]
-    return _table(header, rows) + _calibration_note(metrics["finetuned"])
+    flipped = (
+        "\n\nThe fine-tuned row averages each test image with its mirror (`evaluate.tta: flip`); "
+        "the exported files and `tlpipe predict` without `--tta flip` do not, and score as in "
+        "the files' table below."
+        if metrics["finetuned"].get("tta") == "flip"
+        else ""
+    )
+    return _table(header, rows) + flipped + _calibration_note(metrics["finetuned"])
 
 
 def _calibration_note(finetuned: dict) -> str:
