@@ -20,7 +20,7 @@ import numpy as np
 from tlpipe.compute.archives import load_model, load_model_info
 from tlpipe.compute.streaming import batches
 from tlpipe.core.arrays import load_array, open_rows
-from tlpipe.core.export_formats import check_runtimes
+from tlpipe.core.export_formats import FORMATS, check_runtimes, formats_to_build
 from tlpipe.core.files import atomic_folder, atomic_path
 from tlpipe.core.jsonfiles import load_json, save_json
 from tlpipe.core.params import Params, load_params
@@ -41,7 +41,7 @@ from tlpipe.core.paths import (
 )
 from tlpipe.core.runtime import run_stage
 from tlpipe.outputs.card import model_card
-from tlpipe.outputs.export import export_model, use_pure_python_protobuf
+from tlpipe.outputs.export import export_model, remove_unrequested, use_pure_python_protobuf
 from tlpipe.outputs.export_scores import score_exports
 from tlpipe.outputs.quantize import calibration_sample
 
@@ -53,7 +53,7 @@ REFERENCE_BATCH = 64  # test images per forward pass of the Keras model (its ans
 
 def int8_calibration(params: Params) -> np.ndarray | None:
     """The int8 formats' calibration sample of training images, or None without int8 formats."""
-    if not any(name.endswith("_int8") for name in params.export.formats):
+    if not any(FORMATS[name].calibrated for name in formats_to_build(params.export.formats)):
         return None
     train_images = load_array(prepared_images("train"))  # memory-mapped: the sample is read
     return calibration_sample(train_images, params.export.calibration_images, params.seed)
@@ -96,11 +96,12 @@ def main() -> None:
             formats=formats,
             calibration=calibration,
         )
-    labels = load_array(prepared_labels("test")).argmax(axis=1)
-    test_images = prepared_images("test")
-    export_scores = score_exports(
-        EXPORT_DIR, formats, test_images, labels, keras_answers(model, test_images)
-    )
+        # Checked before they replace the last export: a file that fails leaves that one whole.
+        labels = load_array(prepared_labels("test")).argmax(axis=1)
+        test_images = prepared_images("test")
+        answers = keras_answers(model, test_images)
+        export_scores = score_exports(folder, formats, test_images, labels, answers)
+        remove_unrequested(folder, formats)
     save_json(EXPORT_SCORES_FILE, export_scores)
     card = model_card(
         params=params,

@@ -33,6 +33,7 @@ from tests.helpers import (
     run,
     set_param,
     stages_that_ran,
+    timed_outputs_without_timings,
 )
 
 pytestmark = pytest.mark.slow
@@ -129,6 +130,9 @@ def test_killed_stages_leave_nothing_finished_looking_and_the_rerun_gives_the_sa
     ).read_bytes()
     # Every output's hash, not only the metrics: the same bytes everywhere but in the timings.
     assert lock_without_timings(killed_root) == lock_without_timings(reference_root)
+    assert timed_outputs_without_timings(killed_root) == timed_outputs_without_timings(
+        reference_root
+    )
 
 
 def test_sigint_stops_a_stage_within_seconds_with_one_line(tmp_path: Path):

@@ -88,7 +88,7 @@ READERS: dict[str, tuple[object, frozenset[str]]] = {
     "analyze.duplicate_threshold": (0.95, frozenset({"analyze"})),
     "analyze.batch_size": (64, frozenset({"analyze"})),
     "export.formats": (["saved_model", "onnx_int8"], frozenset({"export"})),
-    "export.calibration_images": (100, frozenset({"export"})),
+    "export.calibration_images": (50, frozenset({"export"})),
     # tlpipe tune's defaults: no stage reads them
     "tune.space": (["lr=uniform:1e-5,1e-4"], frozenset()),
     "tune.trials": (3, frozenset()),

@@ -143,7 +143,7 @@ def test_every_converted_format_is_the_same_bytes_when_exported_again(exported):
         assert digest(first / FORMATS[name].file) == digest(second / FORMATS[name].file), name
 
 
-def test_int8_files_are_int8_and_at_most_a_third_of_their_float_file(exported):
+def test_int8_files_hold_int8_tensors_and_are_smaller_than_their_float_file(exported):
     first, _, scores = exported
     files = scores["files"]
     assert set(files) == {FORMATS[name].file for name in FORMAT_NAMES}
@@ -162,6 +162,15 @@ def test_int8_files_are_int8_and_at_most_a_third_of_their_float_file(exported):
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     weights = [t for t in onnx_model.graph.initializer if t.data_type == TensorProto.INT8]
     assert len(weights) >= 4  # the three convolutions' and the dense layer's weights are int8
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(str(first / "model_int8.tflite"))
+    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    ops = {  # op -> the dtype of its first input
+        op["op_name"]: dtypes[op["inputs"][0]] for op in interpreter._get_ops_details()
+    }
+    assert ops["CONV_2D"] == ops["FULLY_CONNECTED"] == np.int8
+    assert ops["BATCH_MATMUL"] == np.float32  # the resize, left float32
 
 
 def test_each_file_in_its_runtime_answers_as_the_model_does(exported):

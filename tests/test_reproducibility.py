@@ -18,10 +18,10 @@ from tests.helpers import (
     OFFLINE,
     TINY,
     copy_project,
-    export_scores_without_timings,
     lock_without_timings,
     run,
     stages_that_ran,
+    timed_outputs_without_timings,
 )
 from tlpipe.compute.precision import effective_precision
 from tlpipe.core.cpu import kernel_flags
@@ -72,4 +72,4 @@ def test_whole_lock_files_are_identical_but_for_timings(clones):
     every output's md5). Only the exported files' latencies differ, which are timings."""
     first, second = clones
     assert lock_without_timings(first) == lock_without_timings(second)
-    assert export_scores_without_timings(first) == export_scores_without_timings(second)
+    assert timed_outputs_without_timings(first) == timed_outputs_without_timings(second)

@@ -8,7 +8,9 @@ are compared with the Keras model's, and a quantized file's size with its family
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import re
 from dataclasses import dataclass
 
 from tlpipe.core.paths import LITERT_NAME, ONNX_NAME, SAVED_MODEL_NAME
@@ -23,6 +25,17 @@ class ExportFormat:
     made_from: str | None  # the format it is converted from
     compared_with: str | None  # a quantized format's float file, whose size it is compared with
     what: str  # the model card's description
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether making it needs the calibration sample (the int8 formats)."""
+        return self.name.endswith("_int8")
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The packages making it (beyond TensorFlow) and checking it need."""
+        converting = ("tf2onnx", "onnx") if self.runtime == "onnxruntime" else ()
+        return (*converting, RUNTIMES[self.runtime])
 
 
 FORMATS = {
@@ -74,12 +87,10 @@ FORMATS = {
 }
 FORMAT_NAMES = tuple(FORMATS)
 
-# runtime -> (module to import, how to install it)
-RUNTIMES = {
-    "tensorflow": ("tensorflow", "pip install tensorflow"),
-    "litert": ("ai_edge_litert", "pip install ai-edge-litert==2.3.0"),
-    "onnxruntime": ("onnxruntime", "pip install onnxruntime==1.31.1"),
-}
+# runtime -> the module it is imported as
+RUNTIMES = {"tensorflow": "tensorflow", "litert": "ai_edge_litert", "onnxruntime": "onnxruntime"}
+# module -> its distribution on PyPI, where the names differ
+DISTRIBUTIONS = {"ai_edge_litert": "ai-edge-litert"}
 
 
 def formats_to_build(requested: list[str]) -> list[str]:
@@ -98,13 +109,27 @@ def formats_to_build(requested: list[str]) -> list[str]:
     return needed
 
 
+def install_command(module: str) -> str:
+    """`pip install` of `module`'s distribution at the version this project pins."""
+    distribution = DISTRIBUTIONS.get(module, module)
+    try:
+        pins = importlib.metadata.requires("tlpipe") or []
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        pins = []
+    for pin in pins:
+        requirement = pin.split(";")[0].strip()
+        if re.split(r"[=<>~! \[]", requirement, maxsplit=1)[0] == distribution:
+            return f"pip install {requirement}"
+    return f"pip install {distribution}"
+
+
 def check_runtimes(requested: list[str]) -> None:
-    """Stop with one line if a runtime the export needs is not installed: the export stage
-    converts with it (onnxruntime's quantizer) and checks every file in it."""
+    """Stop with one line, before any work, if a package the export needs is not installed: the
+    converters (tf2onnx, onnx, onnxruntime's quantizer) and the runtime each file is checked in."""
     for name in formats_to_build(requested):
-        module, install = RUNTIMES[FORMATS[name].runtime]
-        if importlib.util.find_spec(module) is None:
-            raise UserError(
-                f"export.formats: {name} needs the {module} package, which is not installed: "
-                f"{install}"
-            )
+        for module in FORMATS[name].modules:
+            if importlib.util.find_spec(module) is None:
+                raise UserError(
+                    f"export.formats: {name} needs the {module} package, which is not "
+                    f"installed: {install_command(module)}"
+                )

@@ -6,14 +6,13 @@ metrics and the per-class report; nothing in it is written by hand, so it cannot
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
 from tlpipe.analysis.tables import markdown_table
 from tlpipe.core.backbone import BACKBONES
+from tlpipe.core.export_formats import FORMATS
 from tlpipe.core.params import Params
-from tlpipe.core.paths import EXPORT_DIR, LABELS_NAME, LITERT_NAME, ONNX_NAME, SAVED_MODEL_NAME
+from tlpipe.core.paths import EXPORT_DIR, LABELS_NAME
 from tlpipe.outputs.export_scores import files_table
 
 # The params.yaml sections that shape the model (the ones export declares): not evaluate's batch
@@ -64,7 +63,7 @@ def model_card(
         _input_contract(params.backbone.name, image_size, len(class_names)),
         "## Files and how to load them",
         files_table(export_scores),
-        _loading(),
+        _loading(export_scores),
         "## Limits",
         _limits(params, per_class, class_names),
     ]
@@ -201,36 +200,41 @@ def _input_contract(backbone: str, image_size: int, n_classes: int) -> str:
     )
 
 
-def _loading() -> str:
-    folder = Path(EXPORT_DIR)
-    return f"""Each takes a numpy array `batch` of uint8 pixels as above (the float16 and int8 files
-load as their float file does, under their own names):
+# runtime -> how a user loads a file in it (FILE: the file's path)
+LOADING = {
+    "tensorflow": """import tensorflow as tf  # tensorflow or tensorflow-cpu
 
-```python
-import tensorflow as tf  # tensorflow or tensorflow-cpu
+serve = tf.saved_model.load("FILE").signatures["serving_default"]
+probabilities = serve(images=tf.constant(batch))["probabilities"].numpy()""",
+    "litert": """from ai_edge_litert.interpreter import Interpreter  # pip install ai-edge-litert
 
-serve = tf.saved_model.load("{folder / SAVED_MODEL_NAME}").signatures["serving_default"]
-probabilities = serve(images=tf.constant(batch))["probabilities"].numpy()
-```
+run = Interpreter("FILE").get_signature_runner("serving_default")
+probabilities = run(images=batch)["probabilities"]""",
+    "onnxruntime": """import onnxruntime  # pip install onnxruntime
 
-```python
-from ai_edge_litert.interpreter import Interpreter  # pip install ai-edge-litert
+session = onnxruntime.InferenceSession("FILE")
+(probabilities,) = session.run(["probabilities"], {"images": batch})""",
+}
 
-run = Interpreter("{folder / LITERT_NAME}").get_signature_runner("serving_default")
-probabilities = run(images=batch)["probabilities"]
-```
 
-```python
-import onnxruntime  # pip install onnxruntime
-
-session = onnxruntime.InferenceSession("{folder / ONNX_NAME}")
-(probabilities,) = session.run(["probabilities"], {{"images": batch}})
-```
-
-```python
-classes = open("{folder / LABELS_NAME}").read().splitlines()
-best = [classes[row.argmax()] for row in probabilities]
-```"""
+def _loading(export_scores: dict) -> str:
+    """How to load the exported files, one snippet per runtime, for the first file of each."""
+    first_file: dict[str, str] = {}
+    for name, scores in export_scores["files"].items():
+        first_file.setdefault(FORMATS[scores["format"]].runtime, name)
+    snippets = [
+        LOADING[runtime].replace("FILE", str(EXPORT_DIR / name))
+        for runtime, name in first_file.items()
+    ]
+    snippets.append(
+        f'classes = open("{EXPORT_DIR / LABELS_NAME}").read().splitlines()\n'
+        "best = [classes[row.argmax()] for row in probabilities]"
+    )
+    return (
+        "Each takes a numpy array `batch` of uint8 pixels as above (the other files of a runtime "
+        "load the same way, under their own names):\n\n"
+        + "\n\n".join(f"```python\n{snippet}\n```" for snippet in snippets)
+    )
 
 
 def _limits(params: Params, per_class: dict, class_names: list[str]) -> str:

@@ -2,9 +2,11 @@
 
 `serving_model` puts the resize of `images.to_model_input` (bilinear, antialiased, rounded to whole
 pixel values, grey repeated to three channels) in front of models/model.keras, whose first layer
-is already the backbone's normalisation. `export_model` writes it as a TensorFlow SavedModel, a
-LiteRT (TFLite) flatbuffer and an ONNX graph, each taking uint8 pixels (batch, height, width, 1 or
-3) and returning class probabilities, plus labels.txt: using them needs neither tlpipe nor Keras.
+is already the backbone's normalisation. `export_model` writes it in the `export.formats` asked
+for (tlpipe/core/export_formats.py: a TensorFlow SavedModel, LiteRT flatbuffers in float32,
+float16 and int8 (litert.py), ONNX graphs in float32 and int8 (quantize.py)), each taking uint8
+pixels (batch, height, width, 1 or 3) and returning class probabilities, plus labels.txt: using
+them needs neither tlpipe nor Keras.
 
 The resize is two matrix products rather than `tf.image.resize(antialias=True)`: its
 ScaleAndTranslate op is neither a LiteRT built-in nor an ONNX op. The matrices hold the weights
@@ -257,9 +259,8 @@ def export_model(
 ) -> None:
     """`formats` (tlpipe/core/export_formats.py) of `model` (resize inside), and labels.txt, in
     `folder`. `calibration`: the int8 formats' sample, uint8 (n, image_size, image_size, 3).
-    A format only needed to make another (the LiteRT file for ONNX) is removed afterwards."""
-    import shutil
-
+    A format only needed to make another (the LiteRT file for ONNX) is built too, for
+    `remove_unrequested` to delete once the files are checked."""
     from tlpipe.core.export_formats import FORMATS, formats_to_build
 
     def file(name: str) -> Path:
@@ -281,11 +282,21 @@ def export_model(
             file("onnx"), file("onnx_int8"), calibration, INPUT_NAME
         ),
     }
-    needed = formats_to_build(formats)
-    for name in needed:
+    for name in formats_to_build(formats):
         build[name]()
-    for name in needed:
-        if name not in formats:
-            path = file(name)
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
     (folder / LABELS_NAME).write_text("".join(f"{name}\n" for name in class_names))
+
+
+def remove_unrequested(folder: Path, formats: list[str]) -> None:
+    """Delete the files only built to make (and measure against) the requested `formats`."""
+    import shutil
+
+    from tlpipe.core.export_formats import FORMATS, formats_to_build
+
+    for name in formats_to_build(formats):
+        if name not in formats:
+            path = folder / FORMATS[name].file
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()

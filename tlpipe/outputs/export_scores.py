@@ -18,6 +18,7 @@ import numpy as np
 
 from tlpipe.analysis.tables import markdown_table
 from tlpipe.core.export_formats import FORMATS, RUNTIMES
+from tlpipe.core.files import readable_size
 from tlpipe.core.paths import EXPORT_DIR, LABELS_NAME
 from tlpipe.core.runtime import UserError
 from tlpipe.outputs import exported_run  # run as a child process, not called here
@@ -30,20 +31,32 @@ def size_in_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
+CHECK_TIMEOUT = 3600  # seconds for one file on the test split: a hung runtime stops the stage
+
+
 def run_exported(runtime: str, path: Path, images: Path) -> tuple[np.ndarray, float]:
     """(probabilities (n, classes), single-image latency in seconds) of the file at `path` on the
     uint8 images in the .npy file `images`, in a child process."""
     with tempfile.TemporaryDirectory(prefix="tlpipe-export-") as scratch:
-        out = Path(scratch) / "probabilities.npy"
+        out, timing = Path(scratch) / "probabilities.npy", Path(scratch) / "latency.json"
         command = [sys.executable, "-m", exported_run.__name__, runtime, str(path)]
-        result = subprocess.run(
-            [*command, str(images), str(out)], capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
+        try:
+            result = subprocess.run(
+                [*command, str(images), str(out), str(timing)],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=CHECK_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            raise UserError(
+                f"export: checking {path.name} in {RUNTIMES[runtime]} took over "
+                f"{CHECK_TIMEOUT} s; stopped"
+            ) from None
+        if result.returncode != 0 or not timing.is_file():
             last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-            raise UserError(f"export: {path.name} failed in {RUNTIMES[runtime][0]}: {last}")
-        latency = json.loads(result.stdout.strip().splitlines()[-1])["latency_s"]
-        return np.load(out), latency
+            raise UserError(f"export: {path.name} failed in {RUNTIMES[runtime]}: {last}")
+        return np.load(out), json.loads(timing.read_text())["latency_s"]
 
 
 def score_exports(
@@ -58,10 +71,12 @@ def score_exports(
         probabilities, latency = run_exported(row.runtime, path, images)
         predicted = probabilities.argmax(axis=1)
         size = size_in_bytes(path)
-        compared = FORMATS[row.compared_with].file if row.compared_with in formats else None
+        # its float file, also when only built to make it (removed after this check)
+        compared = row.compared_with and FORMATS[row.compared_with].file
+        compared = compared if compared and (folder / compared).exists() else None
         files[row.file] = scores = {
             "format": name,
-            "runtime": RUNTIMES[row.runtime][0],
+            "runtime": RUNTIMES[row.runtime],
             "bytes": size,
             "size_ratio": round(size / size_in_bytes(folder / compared), 4) if compared else None,
             "accuracy": round(float(np.mean(predicted == labels)), 4),
@@ -69,7 +84,7 @@ def score_exports(
             "latency_ms": round(latency * 1000, 3),
         }
         print(
-            f"export: {row.file}: {megabytes(size)}, test accuracy {scores['accuracy']:.4f}, "
+            f"export: {row.file}: {readable_size(size)}, test accuracy {scores['accuracy']:.4f}, "
             f"agrees with the Keras model on {scores['agreement']:.2%}, "
             f"{scores['latency_ms']:.2f} ms an image"
         )
@@ -88,7 +103,7 @@ def files_table(export_scores: dict) -> str:
             [
                 f"`{EXPORT_DIR / name}`",
                 FORMATS[scores["format"]].what,
-                megabytes(scores["bytes"]) + ratio,
+                readable_size(scores["bytes"]) + ratio,
                 f"{scores['accuracy']:.4f}",
                 f"{scores['agreement']:.2%}",
                 f"{scores['latency_ms']:.2f} ms",
@@ -112,7 +127,3 @@ def files_table(export_scores: dict) -> str:
         "one image on the CPU above (a timing: it varies run to run)."
     )
     return "\n\n".join([table, measured, *(["; ".join(notes) + "."] if notes else [])])
-
-
-def megabytes(size: int) -> str:
-    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size} bytes"

@@ -1,12 +1,13 @@
 """One exported file run in its own runtime, in a process of its own (the export stage's check).
 
-    python -m tlpipe.outputs.exported_run RUNTIME FILE IMAGES.npy PROBABILITIES.npy
+    python -m tlpipe.outputs.exported_run RUNTIME FILE IMAGES.npy PROBABILITIES.npy LATENCY.json
 
 RUNTIME is tensorflow (a SavedModel), litert (ai_edge_litert) or onnxruntime: what a user of the
 file loads it with, called as the model card shows. Classifies IMAGES (uint8, (n, h, w, 3)) in
-batches, writes their probabilities (n, classes) float32 to PROBABILITIES.npy, and prints
-{"latency_s": ...}: the median of single-image calls on the first image, after warm-up calls, with
-the runtime's default thread count. Nothing of tlpipe's but the package's start-up is imported.
+batches, writes their probabilities (n, classes) float32 to PROBABILITIES.npy, and then
+{"latency_s": ...} to LATENCY.json: the median of single-image calls on the first image, after
+warm-up calls, with the runtime's default thread count. Nothing of tlpipe's but the package's
+start-up is imported.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def single_image_latency(predict: Callable[[np.ndarray], np.ndarray], image: np.
 
 
 def main() -> None:
-    runtime, path, images_path, out_path = sys.argv[1:]
+    runtime, path, images_path, out_path, latency_path = sys.argv[1:]
     images = np.load(images_path, mmap_mode="r")
     predict = runner(runtime, path)
     probabilities = [
@@ -64,7 +65,8 @@ def main() -> None:
     ]
     np.save(out_path, np.concatenate(probabilities))
     latency = single_image_latency(predict, np.ascontiguousarray(images[:1]))
-    print(json.dumps({"latency_s": latency}))
+    with open(latency_path, "w") as file:  # last: its presence says the run got to the end
+        json.dump({"latency_s": latency}, file)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,10 @@ def convert_to_litert_int8(
     float_model = converted(litert_converter(saved_model).convert)
     tensors = Interpreter(model_content=float_model).get_tensor_details()
     resize = [tensor["name"] for tensor in tensors if float_layer in tensor["name"]]
+    if not resize:  # a converter that names tensors otherwise: do not quantize the resize silently
+        raise UserError(
+            f"LiteRT int8 conversion failed: no tensor of the {float_layer} layer found"
+        )
     converter = litert_converter(saved_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_ops = [
