@@ -134,17 +134,22 @@ def test_predict_prints_its_results_and_one_line_errors_only(model_dir):
     assert verbose.stderr.splitlines()[-1] == error
 
 
-# The export stage's conversions of a tiny model, imports in the stage's order (tlpipe first).
+# The export stage's conversions of a tiny model, every format (the int8 ones calibrated), imports
+# in the stage's order (tlpipe first).
 EXPORT_TINY_MODEL = """
 import sys
 from pathlib import Path
+from tlpipe.core.export_formats import FORMAT_NAMES
 from tlpipe.outputs.export import export_model, use_pure_python_protobuf
 use_pure_python_protobuf()
 import keras
+import numpy as np
 keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3, strides=4),
     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
-export_model(model, Path(sys.argv[1]), image_size=32, class_names=["a", "b"])
+samples = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+export_model(model, Path(sys.argv[1]), image_size=32, class_names=["a", "b"],
+    formats=list(FORMAT_NAMES), calibration=samples)
 print("exported")
 """
 
