@@ -125,7 +125,12 @@ def test_metrics_and_params_diff_between_experiments_are_markdown_tables(sweep):
     assert metrics[0] == ["Path", "Metric", slow, fast, "Change"]
     changed = {(path, metric) for path, metric, *_ in metrics[1:]}
     assert (EVALUATE, "finetuned.loss") in changed
-    assert {path for path, _ in changed} <= {EVALUATE, "metrics/finetune/metrics.json"}
+    # and the exported files of the other model: their accuracies, and latencies (timings)
+    assert {path for path, _ in changed} <= {
+        EVALUATE,
+        "metrics/finetune/metrics.json",
+        "metrics/export.json",
+    }
     # Only fine-tuning differs: the head and its training curves are the same in both.
     assert not any(metric.startswith("head.") for _, metric in changed)
 

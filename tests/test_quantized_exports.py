@@ -146,17 +146,18 @@ def test_every_converted_format_is_the_same_bytes_when_exported_again(exported):
 def test_int8_files_hold_int8_tensors_and_are_smaller_than_their_float_file(exported):
     first, _, scores = exported
     files = scores["files"]
-    assert set(files) == {FORMATS[name].file for name in FORMAT_NAMES}
+    assert list(files) == list(FORMAT_NAMES)
     for name in ("litert_int8", "onnx_int8"):
-        row = files[FORMATS[name].file]
-        float_file = FORMATS[FORMATS[name].compared_with].file
-        assert row["size_ratio"] == round(row["bytes"] / files[float_file]["bytes"], 4)
+        row = files[name]
         assert row["bytes"] == size_in_bytes(first / FORMATS[name].file)
+        assert row["size_ratio"] * files[FORMATS[name].compared_with]["bytes"] == pytest.approx(
+            row["bytes"], rel=1e-3
+        )
     # Measured 0.34, 0.41 and 0.54 here (the graph and per-channel scales weigh more in a small
     # model than in VGG16: benchmarks/RESULTS.md#quantized-exports).
-    assert files["model_int8.tflite"]["size_ratio"] < 0.45
-    assert files["model_int8.onnx"]["size_ratio"] < 0.5
-    assert files["model_float16.tflite"]["size_ratio"] < 0.6
+    assert files["litert_int8"]["size_ratio"] < 0.45
+    assert files["onnx_int8"]["size_ratio"] < 0.5
+    assert files["litert_float16"]["size_ratio"] < 0.6
     onnx_model = onnx.load(str(first / "model_int8.onnx"))
     ops = {node.op_type for node in onnx_model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
@@ -176,9 +177,9 @@ def test_int8_files_hold_int8_tensors_and_are_smaller_than_their_float_file(expo
 def test_each_file_in_its_runtime_answers_as_the_model_does(exported):
     _, _, scores = exported
     for name, row in scores["files"].items():
-        assert row["runtime"] in ("tensorflow", "ai_edge_litert", "onnxruntime")
+        assert all(isinstance(value, int | float) for value in row.values())  # dvc metrics diff
         assert row["latency_ms"] > 0
-        if not FORMATS[row["format"]].compared_with:  # float32: the same classes
+        if not FORMATS[name].compared_with:  # float32: the same classes
             assert row["agreement"] == 1.0, name
             assert row["accuracy"] == 56 / 64, name
         else:  # quantized: nearly all of them, on a random model with close classes

@@ -220,8 +220,8 @@ session = onnxruntime.InferenceSession("FILE")
 def _loading(export_scores: dict) -> str:
     """How to load the exported files, one snippet per runtime, for the first file of each."""
     first_file: dict[str, str] = {}
-    for name, scores in export_scores["files"].items():
-        first_file.setdefault(FORMATS[scores["format"]].runtime, name)
+    for name in export_scores["files"]:
+        first_file.setdefault(FORMATS[name].runtime, FORMATS[name].file)
     snippets = [
         LOADING[runtime].replace("FILE", str(EXPORT_DIR / name))
         for runtime, name in first_file.items()

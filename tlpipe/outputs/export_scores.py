@@ -62,8 +62,10 @@ def run_exported(runtime: str, path: Path, images: Path) -> tuple[np.ndarray, fl
 def score_exports(
     folder: Path, formats: list[str], images: Path, labels: np.ndarray, reference: np.ndarray
 ) -> dict:
-    """{"files": {file name: scores}} for each of `formats` in `folder`. `images`: the test split
-    (.npy, uint8); `labels` its classes (n,), `reference` the Keras model's classes (n,)."""
+    """{"test_images": n, "files": {format: scores}} for each of `formats` in `folder`, numbers
+    only (so `dvc metrics diff` compares every value; each format's file and runtime are in
+    tlpipe/core/export_formats.py). `images`: the test split (.npy, uint8); `labels` its
+    classes (n,), `reference` the Keras model's classes (n,)."""
     files = {}
     for name in formats:
         row = FORMATS[name]
@@ -74,15 +76,14 @@ def score_exports(
         # its float file, also when only built to make it (removed after this check)
         compared = row.compared_with and FORMATS[row.compared_with].file
         compared = compared if compared and (folder / compared).exists() else None
-        files[row.file] = scores = {
-            "format": name,
-            "runtime": RUNTIMES[row.runtime],
+        files[name] = scores = {
             "bytes": size,
-            "size_ratio": round(size / size_in_bytes(folder / compared), 4) if compared else None,
             "accuracy": round(float(np.mean(predicted == labels)), 4),
             "agreement": round(float(np.mean(predicted == reference)), 4),
             "latency_ms": round(latency * 1000, 3),
         }
+        if compared:  # a quantized file: its size against its float file's
+            scores["size_ratio"] = round(size / size_in_bytes(folder / compared), 4)
         print(
             f"export: {row.file}: {readable_size(size)}, test accuracy {scores['accuracy']:.4f}, "
             f"agrees with the Keras model on {scores['agreement']:.2%}, "
@@ -98,32 +99,35 @@ def files_table(export_scores: dict) -> str:
     files = export_scores["files"]
     rows = []
     for name, scores in files.items():
-        ratio = f" ({scores['size_ratio']:.2f}x)" if scores["size_ratio"] is not None else ""
+        ratio = f" ({scores['size_ratio']:.2f}x)" if "size_ratio" in scores else ""
         rows.append(
             [
-                f"`{EXPORT_DIR / name}`",
-                FORMATS[scores["format"]].what,
+                f"`{EXPORT_DIR / FORMATS[name].file}`",
+                FORMATS[name].what,
                 readable_size(scores["bytes"]) + ratio,
                 f"{scores['accuracy']:.4f}",
                 f"{scores['agreement']:.2%}",
                 f"{scores['latency_ms']:.2f} ms",
+                RUNTIMES[FORMATS[name].runtime],
             ]
         )
     rows.append([f"`{EXPORT_DIR / LABELS_NAME}`", "class names, one a line, in output order"])
-    rows[-1] += [""] * 4
+    rows[-1] += [""] * 5
     header = ["file", "what", "size (x its float file)", "test accuracy", "agrees with Keras"]
-    table = "\n".join(markdown_table([*header, "1 image"], rows))
+    table = "\n".join(markdown_table([*header, "1 image", "run in"], rows))
     notes = []
     for name, scores in files.items():
-        float_format = FORMATS[scores["format"]].compared_with
-        float_name = float_format and FORMATS[float_format].file
-        if float_name in files:
-            points = 100 * (scores["accuracy"] - files[float_name]["accuracy"])
-            notes.append(f"`{name}`: {points:+.1f} points of test accuracy against `{float_name}`")
+        float_format = FORMATS[name].compared_with
+        if float_format in files:
+            points = 100 * (scores["accuracy"] - files[float_format]["accuracy"])
+            notes.append(
+                f"`{FORMATS[name].file}`: {points:+.1f} points of test accuracy against "
+                f"`{FORMATS[float_format].file}`"
+            )
     measured = (
         f"Each file was run on the {export_scores['test_images']} test images by its own runtime "
-        '(the `runtime` of metrics/export.json) in a fresh process; "agrees with Keras" is how '
-        'often its top class is the Keras model\'s, and "1 image" the median time of one call on '
-        "one image on the CPU above (a timing: it varies run to run)."
+        '("run in") in a fresh process (metrics/export.json); "agrees with Keras" is how often '
+        'its top class is the Keras model\'s, and "1 image" the median time of one call on one '
+        "image on the CPU above (a timing: it varies run to run)."
     )
     return "\n\n".join([table, measured, *(["; ".join(notes) + "."] if notes else [])])
