@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tlpipe.core.export_formats import FORMATS, formats_to_build
 from tlpipe.core.paths import LABELS_NAME
 from tlpipe.core.runtime import UserError, first_line
 from tlpipe.outputs.litert import convert_to_litert, convert_to_litert_int8
@@ -261,7 +263,6 @@ def export_model(
     `folder`. `calibration`: the int8 formats' sample, uint8 (n, image_size, image_size, 3).
     A format only needed to make another (the LiteRT file for ONNX) is built too, for
     `remove_unrequested` to delete once the files are checked."""
-    from tlpipe.core.export_formats import FORMATS, formats_to_build
 
     def file(name: str) -> Path:
         return folder / FORMATS[name].file
@@ -275,7 +276,12 @@ def export_model(
             file("saved_model"), file("litert_float16"), float16=True
         ),
         "litert_int8": lambda: convert_to_litert_int8(
-            file("saved_model"), file("litert_int8"), calibration, INPUT_NAME, RESIZE_LAYER
+            file("saved_model"),
+            file("litert_int8"),
+            calibration,
+            INPUT_NAME,
+            RESIZE_LAYER,
+            float_litert=file("litert"),  # its tensor names, if that file was built already
         ),
         "onnx": lambda: convert_to_onnx(file("litert"), file("onnx")),
         "onnx_int8": lambda: quantize_onnx(
@@ -289,10 +295,6 @@ def export_model(
 
 def remove_unrequested(folder: Path, formats: list[str]) -> None:
     """Delete the files only built to make (and measure against) the requested `formats`."""
-    import shutil
-
-    from tlpipe.core.export_formats import FORMATS, formats_to_build
-
     for name in formats_to_build(formats):
         if name not in formats:
             path = folder / FORMATS[name].file

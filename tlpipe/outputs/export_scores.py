@@ -73,17 +73,16 @@ def score_exports(
         probabilities, latency = run_exported(row.runtime, path, images)
         predicted = probabilities.argmax(axis=1)
         size = size_in_bytes(path)
-        # its float file, also when only built to make it (removed after this check)
-        compared = row.compared_with and FORMATS[row.compared_with].file
-        compared = compared if compared and (folder / compared).exists() else None
+        # a quantized file's float file, also when only built to make it (removed after this)
+        compared = folder / FORMATS[row.compared_with].file if row.compared_with else None
         files[name] = scores = {
             "bytes": size,
             "accuracy": round(float(np.mean(predicted == labels)), 4),
             "agreement": round(float(np.mean(predicted == reference)), 4),
             "latency_ms": round(latency * 1000, 3),
         }
-        if compared:  # a quantized file: its size against its float file's
-            scores["size_ratio"] = round(size / size_in_bytes(folder / compared), 4)
+        if compared is not None and compared.exists():
+            scores["size_ratio"] = round(size / size_in_bytes(compared), 4)
         print(
             f"export: {row.file}: {readable_size(size)}, test accuracy {scores['accuracy']:.4f}, "
             f"agrees with the Keras model on {scores['agreement']:.2%}, "

@@ -55,17 +55,27 @@ def convert_to_litert(saved_model: Path, path: Path, *, float16: bool = False) -
 
 
 def convert_to_litert_int8(
-    saved_model: Path, path: Path, samples: np.ndarray, input_name: str, float_layer: str
+    saved_model: Path,
+    path: Path,
+    samples: np.ndarray,
+    input_name: str,
+    float_layer: str,
+    *,
+    float_litert: Path | None = None,
 ) -> None:
     """The SavedModel as LiteRT with int8 weights and activations (uint8 pixels in, float32
     probabilities out, as the float file), calibrated on `samples` (n, size, size, 3) uint8 fed
     as `input_name`. The ops of the layer named `float_layer` (the resize in front) stay float32:
     TensorFlow's selective quantization, a deny list of those ops' output tensors
-    (quantize.py says why)."""
+    (quantize.py says why). The tensor names come from the float conversion: `float_litert`'s
+    file if it exists, else converted here."""
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    float_model = converted(litert_converter(saved_model).convert)
+    if float_litert is not None and float_litert.is_file():
+        float_model = float_litert.read_bytes()
+    else:
+        float_model = converted(litert_converter(saved_model).convert)
     tensors = Interpreter(model_content=float_model).get_tensor_details()
     resize = [tensor["name"] for tensor in tensors if float_layer in tensor["name"]]
     if not resize:  # a converter that names tensors otherwise: do not quantize the resize silently
